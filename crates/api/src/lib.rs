@@ -1,0 +1,157 @@
+//! easel-api: the HTTP API as one axum [`Router`]. Locally it runs under `axum::serve`; on AWS the
+//! same router runs under `lambda_http`. Dialect modules parse requests into the dialect-neutral
+//! [`GenerationRequest`](easel_core::request::GenerationRequest) and render tasks in their own shapes.
+
+pub mod auth;
+pub mod body;
+pub mod hive;
+pub mod tasks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use easel_core::keys::ApiKey;
+use easel_core::ports::{ImageStore, JobQueue, KeyStore, StoreError, TaskStore};
+use easel_core::submit::{SubmitError, Submitted, Submitter};
+use easel_core::task::{Task, TaskId, TaskStatus};
+use serde_json::json;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::AuthFailure;
+use crate::body::{InputError, MAX_BODY_BYTES};
+
+/// What every handler needs: the ports, and how long image URLs live.
+#[derive(Clone)]
+pub struct AppState {
+    pub tasks: Arc<dyn TaskStore>,
+    pub images: Arc<dyn ImageStore>,
+    pub keys: Arc<dyn KeyStore>,
+    submitter: Submitter,
+    pub url_ttl: Duration,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("url_ttl", &self.url_ttl).finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    pub fn new(
+        tasks: Arc<dyn TaskStore>,
+        jobs: Arc<dyn JobQueue>,
+        images: Arc<dyn ImageStore>,
+        keys: Arc<dyn KeyStore>,
+        url_ttl: Duration,
+    ) -> Self {
+        let submitter = Submitter::new(Arc::clone(&tasks), jobs);
+        AppState { tasks, images, keys, submitter, url_ttl }
+    }
+
+    async fn submit(&self, task: Task) -> Result<Submitted, ServiceError> {
+        self.submitter.submit(task).await.map_err(|e| match e {
+            SubmitError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
+            SubmitError::Store(e) => ServiceError::Store(e),
+        })
+    }
+}
+
+/// Failures that are not about the request's fields. Each dialect renders them in its shape.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("no task with id {0}")]
+    TaskNotFound(String),
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("storage is unavailable")]
+    Store(#[source] StoreError),
+    #[error("the key store is unavailable")]
+    Auth(#[source] AuthFailure),
+}
+
+impl From<AuthFailure> for ServiceError {
+    fn from(e: AuthFailure) -> Self {
+        ServiceError::Auth(e)
+    }
+}
+
+impl ServiceError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ServiceError::TaskNotFound(_) => StatusCode::NOT_FOUND,
+            ServiceError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::Store(_) | ServiceError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The message for the caller. Backend causes are logged here, never sent.
+    pub fn public_message(&self) -> String {
+        if matches!(self, ServiceError::Store(_) | ServiceError::Auth(_)) {
+            tracing::error!(error = %self, cause = ?std::error::Error::source(self), "request failed on a backend");
+            return "the service is temporarily unavailable; retry later".to_owned();
+        }
+        self.to_string()
+    }
+}
+
+/// The `Idempotency-Key` header, if present and well formed.
+pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, InputError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let err = || InputError::field("Idempotency-Key", "Idempotency-Key must be 1 to 255 printable ASCII characters");
+    let s = value.to_str().map_err(|_| err())?.trim();
+    if s.is_empty() || s.len() > 255 || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(err());
+    }
+    Ok(Some(s.to_owned()))
+}
+
+/// A task with fresh URLs for its images (minted on every read, never stored).
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    pub task: Task,
+    pub image_urls: Vec<String>,
+}
+
+/// Loads a task the key may see. Another key's task is reported as not found.
+pub async fn load_task_view(state: &AppState, key: &ApiKey, id: &str) -> Result<TaskView, ServiceError> {
+    let not_found = || ServiceError::TaskNotFound(id.chars().take(64).collect());
+    let task_id: TaskId = id.parse().map_err(|_| not_found())?;
+    let task = state.tasks.get(task_id).await.map_err(ServiceError::Store)?.ok_or_else(not_found)?;
+    if task.key_id != key.id {
+        return Err(not_found());
+    }
+    let mut image_urls = Vec::new();
+    if task.status == TaskStatus::Succeeded {
+        for image in &task.images {
+            image_urls.push(state.images.url(&image.key, state.url_ttl).await.map_err(ServiceError::Store)?);
+        }
+    }
+    Ok(TaskView { task, image_urls })
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn not_found() -> impl IntoResponse {
+    (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "not_found", "message": "no such route"}})))
+}
+
+/// The API router: every dialect, the neutral task endpoint, and `/healthz`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v2/task/async", post(hive::submit))
+        .route("/api/v2/task/{id}", get(hive::status))
+        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}

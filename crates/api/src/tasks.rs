@@ -1,0 +1,93 @@
+//! `GET /v1/tasks/{id}`: any task, whatever dialect created it, in one neutral shape.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::auth::{AuthFailure, Scheme, require_key};
+use crate::{AppState, ServiceError, TaskView, load_task_view};
+
+/// Neutral error body: `{"error": {"code", "message"}}`.
+#[derive(Debug)]
+pub struct NeutralError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for NeutralError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
+    }
+}
+
+impl From<AuthFailure> for NeutralError {
+    fn from(e: AuthFailure) -> Self {
+        match e {
+            AuthFailure::Unavailable(_) => ServiceError::from(e).into(),
+            other => {
+                NeutralError { status: StatusCode::UNAUTHORIZED, code: "unauthorized", message: other.to_string() }
+            }
+        }
+    }
+}
+
+impl From<ServiceError> for NeutralError {
+    fn from(e: ServiceError) -> Self {
+        let code = match e {
+            ServiceError::TaskNotFound(_) => "not_found",
+            ServiceError::IdempotencyKeyReused => "idempotency_key_reused",
+            ServiceError::Store(_) | ServiceError::Auth(_) => "unavailable",
+        };
+        NeutralError { status: e.status(), code, message: e.public_message() }
+    }
+}
+
+pub async fn get_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NeutralError> {
+    let key = require_key(&state, &headers, Scheme::Any).await?;
+    let view = load_task_view(&state, &key, &id).await?;
+    Ok(Json(task_json(&view)).into_response())
+}
+
+/// The neutral task document.
+pub fn task_json(view: &TaskView) -> Value {
+    let t = &view.task;
+    let images: Vec<Value> = t
+        .images
+        .iter()
+        .zip(&view.image_urls)
+        .map(|(i, url)| json!({"index": i.index, "width": i.width, "height": i.height, "seed": i.seed, "bytes": i.bytes, "url": url}))
+        .collect();
+    json!({
+        "id": t.id.to_string(),
+        "dialect": t.dialect,
+        "status": t.status,
+        "progress": t.progress,
+        "request": {
+            "prompt": t.request.prompt,
+            "negative_prompt": t.request.negative_prompt,
+            "width": t.request.width,
+            "height": t.request.height,
+            "steps": t.request.steps,
+            "guidance": t.request.guidance,
+            "num_images": t.request.num_images(),
+            "seeds": t.request.seeds,
+        },
+        "run": t.run,
+        "images": images,
+        "warnings": t.warnings,
+        "error": t.error,
+        "attempts": t.attempts,
+        "callback_url": t.callback_url,
+        "created_at": t.created_at,
+        "started_at": t.started_at,
+        "finished_at": t.finished_at,
+        "timings": t.timings,
+    })
+}

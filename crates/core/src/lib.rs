@@ -1,0 +1,15 @@
+//! easel-core: the domain of easel, free of I/O. Adapters implement its ports; the api crate and
+//! the function binaries compose them.
+//!
+//! - [`request`]: the dialect-neutral [`request::GenerationRequest`] every dialect parses into.
+//! - [`task`]: the [`task::Task`] record and its state machine.
+//! - [`ports`]: storage and queue traits; [`generator`]: the diffusion engine trait.
+//! - [`submit`] and [`worker`]: the use cases.
+pub mod generator;
+pub mod keys;
+pub mod png;
+pub mod ports;
+pub mod request;
+pub mod submit;
+pub mod task;
+pub mod worker;

@@ -1,0 +1,113 @@
+//! Ports: what the use cases need from storage and queues. Adapters (`easel-embedded` for one
+//! process on SQLite and files, `easel-aws` for DynamoDB/SQS/S3) implement them.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::keys::ApiKey;
+use crate::task::{Completion, Progress, Task, TaskId, TaskStatus};
+
+/// A storage or queue backend failed. The message says which operation; the source says why.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{operation} failed")]
+    Backend {
+        operation: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn backend(operation: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend { operation, source: Box::new(source) }
+    }
+}
+
+/// Outcome of [`TaskStore::insert`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    New,
+    /// The same key already submitted a task with this idempotency key: that task.
+    Existing(Task),
+}
+
+/// Outcome of [`TaskStore::claim`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The caller now holds the task (status `running`) until `lease` runs out.
+    Claimed(Task),
+    /// Someone else holds it, or it is finished: acknowledge the job without work.
+    NotClaimable(TaskStatus),
+    Missing,
+}
+
+#[async_trait]
+pub trait TaskStore: Send + Sync {
+    /// Inserts a new `queued` task, unless the same key already used the same idempotency key.
+    async fn insert(&self, task: &Task) -> Result<Inserted, StoreError>;
+    async fn get(&self, id: TaskId) -> Result<Option<Task>, StoreError>;
+    /// Conditional: `queued → running`, or `running` whose lease expired (its worker died) `→ running`.
+    /// Increments `attempts` and sets `started_at` on the first claim.
+    async fn claim(&self, id: TaskId, lease: Duration, now: OffsetDateTime) -> Result<Claim, StoreError>;
+    /// Heartbeat of the worker that holds the task. False when the task is no longer running.
+    async fn extend_lease(&self, id: TaskId, lease: Duration, now: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Records progress while the task is running (ignored otherwise).
+    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<(), StoreError>;
+    /// Conditional terminal write: applied only while the task is `running`.
+    /// Returns the updated task, or `None` when the task was not running (someone else finished it).
+    async fn complete(
+        &self,
+        id: TaskId,
+        completion: Completion,
+        now: OffsetDateTime,
+    ) -> Result<Option<Task>, StoreError>;
+}
+
+/// The message that asks a worker to run a task. Only the id travels: the task store is the truth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub task_id: TaskId,
+}
+
+/// A received job; `receipt` acknowledges or extends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub job: Job,
+    pub receipt: String,
+    /// 1 on first delivery; the queue dead-letters a message after its configured maximum.
+    pub receive_count: u32,
+}
+
+#[async_trait]
+pub trait JobQueue: Send + Sync {
+    async fn send(&self, job: &Job) -> Result<(), StoreError>;
+    /// Up to `max` jobs, each invisible to other receivers for `visibility`. Waits up to `wait` for one.
+    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<Delivery>, StoreError>;
+    async fn ack(&self, receipt: &str) -> Result<(), StoreError>;
+    /// Keeps a job invisible for another `visibility` from now (a heartbeat during long work).
+    async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), StoreError>;
+}
+
+#[async_trait]
+pub trait ImageStore: Send + Sync {
+    async fn put_png(&self, key: &str, png: Vec<u8>) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// A URL that lets anyone holding it GET the object until `ttl` has passed. Minted per read, never stored.
+    async fn url(&self, key: &str, ttl: Duration) -> Result<String, StoreError>;
+}
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    async fn insert(&self, key: &ApiKey) -> Result<(), StoreError>;
+    /// The key whose secret hashes to `secret_hash`, revoked or not.
+    async fn find_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError>;
+    async fn list(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// Marks a key revoked. False when no such key exists.
+    async fn revoke(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,68 @@
+//! The dialect-neutral generation request every dialect parses into.
+
+use serde::{Deserialize, Serialize};
+
+/// Which request dialect created a task; it decides the shape of status bodies and callbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dialect {
+    Hive,
+    Openai,
+    Stability,
+}
+
+/// A validated request. Optional knobs left `None` take the model's defaults in the worker,
+/// because only the worker knows the model (the API function never loads it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationRequest {
+    pub prompt: String,
+    #[serde(default)]
+    pub negative_prompt: Option<String>,
+    pub width: u32,
+    pub height: u32,
+    #[serde(default)]
+    pub steps: Option<u32>,
+    #[serde(default)]
+    pub guidance: Option<f32>,
+    /// One seed per image, resolved at submission so that a redelivered job redraws the same images.
+    pub seeds: Vec<u64>,
+}
+
+impl GenerationRequest {
+    pub fn num_images(&self) -> u32 {
+        u32::try_from(self.seeds.len()).unwrap_or(u32::MAX)
+    }
+}
+
+/// Seeds for `n` images: `base, base+1, …` when the caller gave a base seed (0 means "pick one"),
+/// otherwise independent random seeds. Seeds are kept below 2^53 so JSON clients read them exactly.
+pub fn resolve_seeds(base: Option<u64>, n: u32) -> Vec<u64> {
+    const JSON_SAFE: u64 = (1 << 53) - 1;
+    match base {
+        Some(seed) if seed != 0 => (0..u64::from(n)).map(|i| seed.wrapping_add(i) & JSON_SAFE).collect(),
+        _ => (0..n).map(|_| rand::random_range(1..=JSON_SAFE)).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_base_seed_gives_consecutive_seeds() {
+        assert_eq!(resolve_seeds(Some(42), 3), vec![42, 43, 44]);
+    }
+
+    #[test]
+    fn seed_zero_or_none_picks_distinct_random_nonzero_seeds() {
+        for base in [None, Some(0)] {
+            let seeds = resolve_seeds(base, 6);
+            assert_eq!(seeds.len(), 6);
+            assert!(seeds.iter().all(|&s| s != 0 && s < (1 << 53)));
+            let mut unique = seeds.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), 6, "{seeds:?}");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! The task: one generation request and everything that happened to it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::request::{Dialect, GenerationRequest};
+
+/// Server-generated task id: a UUIDv7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        TaskId(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(TaskId)
+    }
+}
+
+/// `queued → running → succeeded | rejected | failed`, and `queued | running → canceled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Queued,
+    Running,
+    Succeeded,
+    /// Moderation refused the output. Not an error of the service; nothing is charged.
+    Rejected,
+    Failed,
+    Canceled,
+}
+
+impl TaskStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, TaskStatus::Succeeded | TaskStatus::Rejected | TaskStatus::Failed | TaskStatus::Canceled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Rejected => "rejected",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Canceled => "canceled",
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "queued" => TaskStatus::Queued,
+            "running" => TaskStatus::Running,
+            "succeeded" => TaskStatus::Succeeded,
+            "rejected" => TaskStatus::Rejected,
+            "failed" => TaskStatus::Failed,
+            "canceled" => TaskStatus::Canceled,
+            other => return Err(format!("unknown task status '{other}'")),
+        })
+    }
+}
+
+/// A stored output image. The URL is never stored: it is minted fresh on every read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub index: u32,
+    /// Object key in the image store, e.g. `images/{task_id}/0.png`.
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    pub seed: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub step: u32,
+    pub steps: u32,
+}
+
+/// Why a task failed, in words a caller can act on. `code` is stable and documented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskError {
+    pub code: String,
+    pub message: String,
+}
+
+/// What was actually run: defaults resolved by the worker, recorded for reproducibility.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub model_id: String,
+    pub model_hash: String,
+    pub sampler: String,
+    pub steps: u32,
+    pub guidance: f32,
+    pub unet_calls: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Milliseconds from submission to the worker's claim.
+    pub queued_ms: Option<u64>,
+    /// Milliseconds the generation itself took.
+    pub generate_ms: Option<u64>,
+    /// Milliseconds from submission to the terminal state.
+    pub total_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: TaskId,
+    /// The API key that created it; only this key can read it.
+    pub key_id: String,
+    pub dialect: Dialect,
+    pub status: TaskStatus,
+    pub request: GenerationRequest,
+    pub callback_url: Option<String>,
+    pub idempotency_key: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option", default)]
+    pub finished_at: Option<OffsetDateTime>,
+    /// How many times a worker claimed it (a redelivery after a crash counts again).
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub progress: Option<Progress>,
+    #[serde(default)]
+    pub run: Option<RunRecord>,
+    #[serde(default)]
+    pub images: Vec<ImageRecord>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    #[serde(default)]
+    pub error: Option<TaskError>,
+    #[serde(default)]
+    pub timings: Timings,
+}
+
+impl Task {
+    /// A new queued task.
+    pub fn new(
+        key_id: impl Into<String>,
+        dialect: Dialect,
+        request: GenerationRequest,
+        callback_url: Option<String>,
+        idempotency_key: Option<String>,
+        now: OffsetDateTime,
+    ) -> Self {
+        Task {
+            id: TaskId::new(),
+            key_id: key_id.into(),
+            dialect,
+            status: TaskStatus::Queued,
+            request,
+            callback_url,
+            idempotency_key,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            attempts: 0,
+            progress: None,
+            run: None,
+            images: Vec::new(),
+            warnings: Vec::new(),
+            error: None,
+            timings: Timings::default(),
+        }
+    }
+}
+
+impl Task {
+    /// Applies a successful claim. Adapters call it inside their conditional write.
+    pub fn mark_claimed(&mut self, now: OffsetDateTime) {
+        self.status = TaskStatus::Running;
+        self.attempts += 1;
+        self.progress = None;
+        if self.started_at.is_none() {
+            self.started_at = Some(now);
+            self.timings.queued_ms = Some(millis_between(self.created_at, now));
+        }
+    }
+}
+
+/// The terminal write a worker makes. Applied only while the task is `running`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Completion {
+    Succeeded { images: Vec<ImageRecord>, run: RunRecord, warnings: Vec<String>, generate_ms: u64 },
+    Failed { error: TaskError, run: Option<RunRecord>, warnings: Vec<String> },
+    Canceled,
+}
+
+impl Completion {
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Completion::Succeeded { .. } => TaskStatus::Succeeded,
+            Completion::Failed { .. } => TaskStatus::Failed,
+            Completion::Canceled => TaskStatus::Canceled,
+        }
+    }
+
+    /// Applies this completion to a task (adapters call it inside their conditional write).
+    pub fn apply(self, task: &mut Task, now: OffsetDateTime) {
+        task.status = self.status();
+        task.finished_at = Some(now);
+        task.timings.total_ms = Some(millis_between(task.created_at, now));
+        match self {
+            Completion::Succeeded { images, run, warnings, generate_ms } => {
+                task.images = images;
+                task.run = Some(run);
+                task.warnings.extend(warnings);
+                task.timings.generate_ms = Some(generate_ms);
+                task.error = None;
+            }
+            Completion::Failed { error, run, warnings } => {
+                task.error = Some(error);
+                if run.is_some() {
+                    task.run = run;
+                }
+                task.warnings.extend(warnings);
+            }
+            Completion::Canceled => {}
+        }
+    }
+}
+
+fn millis_between(from: OffsetDateTime, to: OffsetDateTime) -> u64 {
+    u64::try_from((to - from).whole_milliseconds()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_ids_round_trip_through_their_text_form() {
+        let id = TaskId::new();
+        assert_eq!(id.to_string().parse::<TaskId>().ok(), Some(id));
+        assert!("not-a-uuid".parse::<TaskId>().is_err());
+    }
+
+    #[test]
+    fn only_succeeded_rejected_failed_and_canceled_are_terminal() {
+        use TaskStatus::*;
+        let terminal: Vec<_> =
+            [Queued, Running, Succeeded, Rejected, Failed, Canceled].into_iter().filter(|s| s.is_terminal()).collect();
+        assert_eq!(terminal, vec![Succeeded, Rejected, Failed, Canceled]);
+        for s in [Queued, Running, Succeeded, Rejected, Failed, Canceled] {
+            assert_eq!(s.as_str().parse::<TaskStatus>(), Ok(s));
+        }
+    }
+}
