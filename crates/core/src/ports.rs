@@ -34,14 +34,14 @@ impl StoreError {
 pub enum Inserted {
     New,
     /// The same key already submitted a task with this idempotency key: that task.
-    Existing(Task),
+    Existing(Box<Task>),
 }
 
 /// Outcome of [`TaskStore::claim`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Claim {
     /// The caller now holds the task (status `running`) until `lease` runs out.
-    Claimed(Task),
+    Claimed(Box<Task>),
     /// Someone else holds it, or it is finished: acknowledge the job without work.
     NotClaimable(TaskStatus),
     Missing,

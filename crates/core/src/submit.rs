@@ -49,7 +49,7 @@ impl Submitter {
                 if !same_request(&existing, &task) {
                     return Err(SubmitError::IdempotencyKeyReused);
                 }
-                (existing, false)
+                (*existing, false)
             }
         };
         if created || task.status == TaskStatus::Queued {

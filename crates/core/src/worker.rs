@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 
 use crate::generator::{GenerateError, Generation, GenerationSpec, Generator, ProgressSink};
 use crate::png::encode_png;
@@ -139,7 +140,7 @@ impl Worker {
     async fn try_process(&self, job: &Job, receipt: Option<&str>) -> Result<JobOutcome, StoreError> {
         let claimed_at = OffsetDateTime::now_utc();
         let task = match self.tasks.claim(job.task_id, self.config.lease, claimed_at).await? {
-            Claim::Claimed(task) => task,
+            Claim::Claimed(task) => *task,
             Claim::NotClaimable(status) => {
                 tracing::info!(task_id = %job.task_id, %status, "task is not claimable; acknowledging the job without work");
                 return Ok(JobOutcome::Done);
@@ -218,8 +219,10 @@ impl Worker {
         let mut handle = tokio::task::spawn_blocking(move || generator.generate(&spec, &*engine_sink));
 
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         heartbeat.tick().await; // the first tick is immediate
-        let mut last_progress = Instant::now() - self.config.progress_interval;
+        let mut progress_tick = tokio::time::interval(self.config.progress_interval);
+        progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 joined = &mut handle => {
@@ -239,12 +242,11 @@ impl Worker {
                         tracing::warn!(task_id = %task.id, error = %err, "extending the job's visibility failed");
                     }
                 }
-                changed = rx.changed(), if last_progress.elapsed() >= self.config.progress_interval => {
-                    if changed.is_ok() {
+                _ = progress_tick.tick() => {
+                    if rx.has_changed().unwrap_or(false) {
                         let progress = *rx.borrow_and_update();
                         if let Some(progress) = progress {
                             self.tasks.set_progress(task.id, progress).await?;
-                            last_progress = Instant::now();
                         }
                     }
                 }

@@ -73,7 +73,7 @@ impl TaskStore for SqliteTaskStore {
                 .optional()
                 .map_err(sql_err("looking up an idempotency key"))?;
             if let Some(doc) = existing {
-                return Ok(Inserted::Existing(decode(&doc)?));
+                return Ok(Inserted::Existing(Box::new(decode(&doc)?)));
             }
         }
         tx.execute(
@@ -112,7 +112,7 @@ impl TaskStore for SqliteTaskStore {
         task.mark_claimed(now);
         write(&tx, &task, Some(now_ms.saturating_add(duration_ms(lease))))?;
         tx.commit().map_err(sql_err("claiming a task"))?;
-        Ok(Claim::Claimed(task))
+        Ok(Claim::Claimed(Box::new(task)))
     }
 
     async fn extend_lease(&self, id: TaskId, lease: Duration, now: OffsetDateTime) -> Result<bool, StoreError> {
