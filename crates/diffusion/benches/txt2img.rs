@@ -1,0 +1,90 @@
+//! Wall-clock benchmark of one txt2img generation, split by stage.
+//!
+//! ```text
+//! cargo bench -p easel-diffusion --bench txt2img -- [--model DIR] [--size PX] [--steps N] [--images N]
+//!                                                   [--runs N] [--threads N]
+//! ```
+//! Defaults: the committed tiny model, 1024², the model's default steps and guidance, one image,
+//! three timed runs after one untimed warm-up run. Prints every run and the median.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use easel_core::generator::{GenerationSpec, Generator, NoProgress};
+use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions, Timings, find_onnxruntime_library};
+
+fn main() {
+    let mut model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-sd");
+    let (mut size, mut steps, mut images, mut runs, mut threads) = (1024u32, None, 1usize, 3usize, None);
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--model" => model = PathBuf::from(value()),
+            "--size" => size = value().parse().unwrap(),
+            "--steps" => steps = Some(value().parse().unwrap()),
+            "--images" => images = value().parse().unwrap(),
+            "--runs" => runs = value().parse().unwrap(),
+            "--threads" => threads = Some(value().parse().unwrap()),
+            "--bench" => {} // passed by `cargo bench`
+            other => panic!("unknown argument {other}"),
+        }
+    }
+
+    let library = find_onnxruntime_library(&[PathBuf::from(env!("CARGO_MANIFEST_DIR"))])
+        .expect("ONNX Runtime not found: run `make setup`");
+    let runtime = OrtRuntime::init(&library).unwrap();
+    let options = PipelineOptions { intra_threads: threads.and_then(NonZeroUsize::new), ..PipelineOptions::default() };
+    let started = std::time::Instant::now();
+    let pipeline = Pipeline::load(runtime, &model, &options).unwrap();
+    let load = started.elapsed();
+    let d = pipeline.descriptor().clone();
+    let spec = GenerationSpec {
+        prompt: "a photo of an astronaut riding a horse on mars".to_owned(),
+        negative_prompt: String::new(),
+        width: size,
+        height: size,
+        steps: steps.unwrap_or(d.default_steps),
+        guidance: d.default_guidance,
+        seeds: (1..=images as u64).collect(),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    println!(
+        "model {} ({}), {size}x{size}, {} steps, guidance {}, {images} image(s), {cores} cores, load {}",
+        d.id,
+        model.display(),
+        spec.steps,
+        spec.guidance,
+        ms(load)
+    );
+    pipeline.generate(&spec, &NoProgress).unwrap(); // warm-up: first-run allocations, page faults
+    let mut all: Vec<Timings> = (0..runs)
+        .map(|run| {
+            let (_, t) = pipeline.generate_timed(&spec, None, &NoProgress).unwrap();
+            println!("run {run}: {}", describe(&t));
+            t
+        })
+        .collect();
+    all.sort_by_key(|t| t.total);
+    if let Some(median) = all.get(all.len() / 2) {
+        println!("median: {}", describe(median));
+    }
+}
+
+fn describe(t: &Timings) -> String {
+    let other = t.total.saturating_sub(t.text_encoder + t.unet + t.vae_decoder);
+    format!(
+        "total {} = text encoder {} + UNet {} + VAE decoder {} + other {}",
+        ms(t.total),
+        ms(t.text_encoder),
+        ms(t.unet),
+        ms(t.vae_decoder),
+        ms(other)
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}

@@ -1,0 +1,542 @@
+//! The txt2img pipeline: tokenize → text encoder → denoising loop with classifier-free guidance
+//! → VAE decode, as diffusers' `OnnxStableDiffusionPipeline` / optimum's `ORTStableDiffusionPipeline`
+//! run it.
+
+use std::num::NonZeroUsize;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use easel_core::generator::{
+    GenerateError, GeneratedImage, Generation, GenerationSpec, Generator, ModelDescriptor, ProgressSink,
+};
+use ndarray::Array4;
+
+use crate::error::LoadError;
+use crate::latents::{seeded_noise, to_rgb8};
+use crate::model::{self, Manifest, ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER};
+use crate::onnx::{SessionSettings, TextEncoder, TimestepType, Unet, UnetInputs, VaeDecoder};
+use crate::runtime::OrtRuntime;
+use crate::scheduler::{Sampler, SamplerKind, build_sampler};
+use crate::tokenizer::ClipTokenizer;
+
+/// Defaults when `easel.json` does not say.
+const DEFAULT_STEPS: u32 = 30;
+const DEFAULT_GUIDANCE: f32 = 7.5;
+/// The largest guidance scale accepted; the Stability dialect allows up to 35.
+const MAX_GUIDANCE: f32 = 50.0;
+const DEFAULT_MAX_BATCH: NonZeroUsize = match NonZeroUsize::new(4) {
+    Some(n) => n,
+    None => NonZeroUsize::MIN,
+};
+
+/// How a [`Pipeline`] is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipelineOptions {
+    /// Intra-op threads of each ONNX Runtime session; `None` = the available parallelism.
+    pub intra_threads: Option<NonZeroUsize>,
+    /// The most images denoised in one UNet call (the call has twice as many rows under
+    /// classifier-free guidance). More images than this are processed in chunks.
+    pub max_batch: NonZeroUsize,
+    /// The largest image side accepted, in pixels (rounded down to the model's size multiple).
+    pub max_side: u32,
+    /// The most denoising steps accepted (capped by the schedule's training timesteps).
+    pub max_steps: u32,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        PipelineOptions { intra_threads: None, max_batch: DEFAULT_MAX_BATCH, max_side: 2048, max_steps: 150 }
+    }
+}
+
+/// Where one generation's time went. `unet`, `text_encoder` and `vae_decoder` count only time
+/// inside ONNX Runtime; the rest of `total` is tokenization, noise, sampler math, guidance and
+/// pixel conversion.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timings {
+    pub text_encoder: Duration,
+    pub unet: Duration,
+    pub vae_decoder: Duration,
+    pub total: Duration,
+}
+
+/// A loaded SD-family model: three ONNX Runtime sessions, the tokenizer and the scheduler config,
+/// created once per process and shared by every generation.
+///
+/// Sessions are behind mutexes, so concurrent generations are safe but take turns per graph;
+/// on a CPU they would only compete for the same cores.
+#[derive(Debug)]
+pub struct Pipeline {
+    folder: ModelFolder,
+    descriptor: ModelDescriptor,
+    tokenizer: ClipTokenizer,
+    text_encoder: TextEncoder,
+    unet: Unet,
+    vae_decoder: VaeDecoder,
+    max_batch: usize,
+    sampler: SamplerKind,
+}
+
+impl Pipeline {
+    /// Validates the model folder and loads its text encoder, UNet and VAE decoder.
+    pub fn load(runtime: &OrtRuntime, model_dir: &Path, options: &PipelineOptions) -> Result<Pipeline, LoadError> {
+        let started = Instant::now();
+        let folder = ModelFolder::read(model_dir)?;
+        let seq_len = folder.text_encoder.max_position_embeddings;
+        let tokenizer = ClipTokenizer::load(&folder.root.join("tokenizer"), seq_len)?;
+        let descriptor = describe(&folder, options)?;
+
+        let threads =
+            options.intra_threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
+        let settings = SessionSettings { intra_threads: threads };
+        let text_path = folder.component_path(TEXT_ENCODER);
+        let text_encoder = TextEncoder::load(runtime, &text_path, seq_len, settings)?;
+        let unet_path = folder.component_path(UNET);
+        let unet = Unet::load(runtime, &unet_path, folder.unet.in_channels, settings)?;
+        if let (Some(text), Some(unet)) = (text_encoder.hidden_size, unet.hidden_size)
+            && text != unet
+        {
+            return Err(LoadError::invalid(
+                unet_path,
+                format!("the UNet expects {unet}-wide text states but the text encoder produces {text}"),
+            ));
+        }
+        let vae_path = folder.component_path(VAE_DECODER);
+        let vae_decoder = VaeDecoder::load(runtime, &vae_path, folder.vae.latent_channels, settings)?;
+
+        tracing::info!(
+            model = %descriptor.id,
+            hash = %descriptor.hash,
+            threads,
+            seconds = started.elapsed().as_secs_f32(),
+            "diffusion model loaded"
+        );
+        Ok(Pipeline {
+            folder,
+            descriptor,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae_decoder,
+            max_batch: options.max_batch.get(),
+            sampler: SamplerKind::Euler,
+        })
+    }
+
+    /// Runs one generation, optionally from explicit initial latents (diffusers' `latents=`).
+    ///
+    /// `initial_latents` is unit-variance noise of shape `[images, channels, height / f,
+    /// width / f]` (f = the VAE factor); like diffusers, the pipeline multiplies it by the
+    /// sampler's initial σ. Without it, each image's noise comes from its seed.
+    pub fn generate_with_latents(
+        &self,
+        spec: &GenerationSpec,
+        initial_latents: Option<Array4<f32>>,
+        progress: &dyn ProgressSink,
+    ) -> Result<Generation, GenerateError> {
+        self.generate_timed(spec, initial_latents, progress).map(|(generation, _)| generation)
+    }
+
+    /// [`Pipeline::generate_with_latents`], also telling where the time went.
+    pub fn generate_timed(
+        &self,
+        spec: &GenerationSpec,
+        initial_latents: Option<Array4<f32>>,
+        progress: &dyn ProgressSink,
+    ) -> Result<(Generation, Timings), GenerateError> {
+        let started = Instant::now();
+        let mut timings = Timings::default();
+        let mut warnings = Vec::new();
+        let plan = self.validate(spec)?;
+
+        // One sampler per chunk of images: multistep samplers keep per-image history.
+        let mut chunks = chunk_sizes(plan.images, self.max_batch)
+            .into_iter()
+            .map(|images| {
+                let sampler = build_sampler(self.sampler, &self.folder.scheduler, spec.steps as usize)?;
+                Ok(Chunk { images, sampler })
+            })
+            .collect::<Result<Vec<Chunk>, String>>()
+            .map_err(GenerateError::InvalidRequest)?;
+        let Some(first) = chunks.first().map(|chunk| &chunk.sampler) else {
+            return Err(GenerateError::InvalidRequest("seeds must name at least one image".to_owned()));
+        };
+        if matches!(self.unet.timestep_type, TimestepType::Int(_)) && first.timesteps().iter().any(|t| t.fract() != 0.0)
+        {
+            warnings
+                .push("this UNet takes integer timesteps; the schedule's fractional timesteps were rounded".to_owned());
+        }
+
+        let mut latents = self.initial_latents(spec, &plan, initial_latents)?;
+        let init_noise_sigma = first.init_noise_sigma();
+        for value in &mut latents {
+            *value *= init_noise_sigma;
+        }
+        let text = self.encode_text(spec, plan.guided(), &mut warnings, &mut timings)?;
+        let unet_calls = self.denoise(&mut latents, &text, &mut chunks, &plan, progress, &mut timings)?;
+        let images = self.decode(&latents, spec, &plan, progress, &mut timings)?;
+
+        timings.total = started.elapsed();
+        tracing::debug!(
+            images = images.len(),
+            steps = spec.steps,
+            unet_calls,
+            text_encoder_ms = timings.text_encoder.as_millis() as u64,
+            unet_ms = timings.unet.as_millis() as u64,
+            vae_decoder_ms = timings.vae_decoder.as_millis() as u64,
+            total_ms = timings.total.as_millis() as u64,
+            "generation finished"
+        );
+        Ok((Generation { images, warnings, unet_calls }, timings))
+    }
+
+    /// Tokenizes and encodes the prompts: `[negative, prompt]` under guidance, `[prompt]` without.
+    ///
+    /// The unconditional (negative prompt) row comes first because that is how diffusers batches
+    /// it: its `noise_uncond, noise_text = split(noise, 2)` relies on the order, and reproducing
+    /// diffusers' images needs the same rows in the same UNet batch positions.
+    fn encode_text(
+        &self,
+        spec: &GenerationSpec,
+        guided: bool,
+        warnings: &mut Vec<String>,
+        timings: &mut Timings,
+    ) -> Result<TextStates, GenerateError> {
+        let mut prompts = Vec::with_capacity(2);
+        if guided {
+            prompts.push(("negative prompt", spec.negative_prompt.as_str()));
+        } else if !spec.negative_prompt.is_empty() {
+            warnings.push("the negative prompt has no effect when guidance is 1 or less".to_owned());
+        }
+        prompts.push(("prompt", spec.prompt.as_str()));
+
+        let seq_len = self.tokenizer.max_len();
+        let mut ids = Vec::with_capacity(prompts.len() * seq_len);
+        for (field, text) in &prompts {
+            let tokens = self
+                .tokenizer
+                .encode(text)
+                .map_err(|e| GenerateError::Engine { message: format!("tokenizing the {field}"), source: Some(e) })?;
+            if tokens.truncated {
+                warnings.push(format!("{field} is longer than {seq_len} CLIP tokens; the end was dropped"));
+            }
+            ids.extend_from_slice(&tokens.ids);
+        }
+        let encode_started = Instant::now();
+        let (states, hidden) = self.text_encoder.encode(&ids, prompts.len(), seq_len)?;
+        timings.text_encoder += encode_started.elapsed();
+        Ok(TextStates { states, seq_len, hidden })
+    }
+
+    /// The denoising loop: every step, every chunk of images goes through the UNet once (with
+    /// its unconditional and conditional rows together under guidance), then its sampler. Returns
+    /// the number of UNet calls. All buffers are allocated once, for the largest chunk.
+    fn denoise(
+        &self,
+        latents: &mut [f32],
+        text: &TextStates,
+        chunks: &mut [Chunk],
+        plan: &Plan,
+        progress: &dyn ProgressSink,
+        timings: &mut Timings,
+    ) -> Result<u32, GenerateError> {
+        let guided = plan.guided();
+        let rows_per_image = text.prompts();
+        let per_image = plan.latent_len();
+        let largest = chunks.iter().map(|chunk| chunk.images).max().unwrap_or(1);
+        let mut unet_in = vec![0.0f32; largest * rows_per_image * per_image];
+        let mut unet_out = vec![0.0f32; largest * rows_per_image * per_image];
+        let mut guided_noise = if guided { vec![0.0f32; largest * per_image] } else { Vec::new() };
+        // Text states per chunk size: [uncond × k, cond × k] under guidance, [cond × k] without.
+        let chunk_states: Vec<Vec<f32>> = chunks.iter().map(|chunk| text.repeated(chunk.images)).collect();
+        let timesteps = chunks.first().map(|chunk| chunk.sampler.timesteps().to_vec()).unwrap_or_default();
+
+        let mut unet_calls = 0u32;
+        for (index, &timestep) in timesteps.iter().enumerate() {
+            if progress.cancelled() {
+                return Err(GenerateError::Cancelled);
+            }
+            let mut offset = 0;
+            for (Chunk { images: k, sampler }, states) in chunks.iter_mut().zip(&chunk_states) {
+                let len = *k * per_image;
+                let rows = rows_per_image * *k;
+                let x = &mut latents[offset..offset + len];
+                offset += len;
+
+                let input = &mut unet_in[..rows * per_image];
+                let (first_half, second_half) = input.split_at_mut(len);
+                sampler.scale_model_input(index, x, first_half);
+                if guided {
+                    second_half.copy_from_slice(first_half);
+                }
+                let output = &mut unet_out[..rows * per_image];
+                let inputs = UnetInputs {
+                    sample: input,
+                    sample_shape: [rows, plan.channels, plan.latent_height, plan.latent_width],
+                    timestep,
+                    encoder_hidden_states: states,
+                    states_shape: [rows, text.seq_len, text.hidden],
+                };
+                let unet_started = Instant::now();
+                self.unet.predict(&inputs, output)?;
+                timings.unet += unet_started.elapsed();
+                unet_calls += 1;
+
+                if guided {
+                    // noise = uncond + g·(cond − uncond), in diffusers' float32 operation order.
+                    let (uncond, cond) = output.split_at(len);
+                    let noise = &mut guided_noise[..len];
+                    for ((n, &u), &c) in noise.iter_mut().zip(uncond).zip(cond) {
+                        *n = u + plan.guidance * (c - u);
+                    }
+                    sampler.step(index, noise, x);
+                } else {
+                    sampler.step(index, output, x);
+                }
+            }
+            progress.step(index as u32 + 1, timesteps.len() as u32);
+        }
+        Ok(unet_calls)
+    }
+
+    /// Decodes the latents to 8-bit RGB, one image at a time.
+    ///
+    /// One at a time, as diffusers' ONNX pipeline does: its authors saw wrong results from
+    /// half-precision VAE decoders at batch > 1, and one 1024² SD decode already needs gigabytes
+    /// of activations, which a batch would multiply. The cancellation flag is checked between
+    /// images, since each decode can take seconds.
+    fn decode(
+        &self,
+        latents: &[f32],
+        spec: &GenerationSpec,
+        plan: &Plan,
+        progress: &dyn ProgressSink,
+        timings: &mut Timings,
+    ) -> Result<Vec<GeneratedImage>, GenerateError> {
+        let per_image = plan.latent_len();
+        let scaling = self.folder.vae.scaling_factor;
+        let latent_shape = [1, plan.channels, plan.latent_height, plan.latent_width];
+        let image_shape = [1, 3, plan.height, plan.width];
+        let mut scaled = vec![0.0f32; per_image];
+        let mut images = Vec::with_capacity(plan.images);
+        for (seed, image_latents) in spec.seeds.iter().zip(latents.chunks_exact(per_image)) {
+            if progress.cancelled() {
+                return Err(GenerateError::Cancelled);
+            }
+            for (s, &x) in scaled.iter_mut().zip(image_latents) {
+                *s = x / scaling;
+            }
+            let decode_started = Instant::now();
+            let mut decode_time = Duration::ZERO;
+            let rgb = self.vae_decoder.decode(&scaled, latent_shape, image_shape, |pixels| {
+                decode_time = decode_started.elapsed();
+                to_rgb8(pixels, plan.width, plan.height)
+            })?;
+            timings.vae_decoder += decode_time;
+            images.push(GeneratedImage { width: spec.width, height: spec.height, seed: *seed, rgb });
+        }
+        Ok(images)
+    }
+
+    /// Checks the request against the model; errors name the field and the accepted range.
+    fn validate(&self, spec: &GenerationSpec) -> Result<Plan, GenerateError> {
+        let d = &self.descriptor;
+        let invalid = |m: String| Err(GenerateError::InvalidRequest(m));
+        for (field, value) in [("width", spec.width), ("height", spec.height)] {
+            if value < d.size_multiple || value > d.max_side || value % d.size_multiple != 0 {
+                return invalid(format!(
+                    "{field} must be a multiple of {} between {} and {} (got {value})",
+                    d.size_multiple, d.size_multiple, d.max_side
+                ));
+            }
+        }
+        if spec.steps == 0 || spec.steps > d.max_steps {
+            return invalid(format!("steps must be between 1 and {} (got {})", d.max_steps, spec.steps));
+        }
+        if !(spec.guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&spec.guidance)) {
+            return invalid(format!("guidance must be between 0 and {MAX_GUIDANCE} (got {})", spec.guidance));
+        }
+        if spec.seeds.is_empty() {
+            return invalid("seeds must name at least one image".to_owned());
+        }
+        let factor = self.folder.vae.factor;
+        Ok(Plan {
+            images: spec.seeds.len(),
+            channels: self.folder.vae.latent_channels,
+            width: spec.width as usize,
+            height: spec.height as usize,
+            latent_width: (spec.width / factor) as usize,
+            latent_height: (spec.height / factor) as usize,
+            guidance: spec.guidance,
+        })
+    }
+
+    /// Flat `[images, C, h, w]` unit-variance latents: the caller's, checked, or seeded noise.
+    fn initial_latents(
+        &self,
+        spec: &GenerationSpec,
+        plan: &Plan,
+        given: Option<Array4<f32>>,
+    ) -> Result<Vec<f32>, GenerateError> {
+        let per_image = plan.latent_len();
+        let Some(given) = given else {
+            let mut latents = vec![0.0f32; plan.images * per_image];
+            for (seed, image) in spec.seeds.iter().zip(latents.chunks_exact_mut(per_image)) {
+                seeded_noise(*seed, image);
+            }
+            return Ok(latents);
+        };
+        let expected = [plan.images, plan.channels, plan.latent_height, plan.latent_width];
+        if given.shape() != expected {
+            return Err(GenerateError::InvalidRequest(format!(
+                "latents must have shape {expected:?} (images, channels, height / {f}, width / {f}); got {:?}",
+                given.shape(),
+                f = self.folder.vae.factor
+            )));
+        }
+        if given.iter().any(|v| !v.is_finite()) {
+            return Err(GenerateError::InvalidRequest("latents must be finite (found NaN or infinity)".to_owned()));
+        }
+        // Standard layout gives the data in row-major order without a copy; other layouts are copied.
+        Ok(match given.is_standard_layout() {
+            true => given.into_raw_vec_and_offset().0,
+            false => given.iter().copied().collect(),
+        })
+    }
+}
+
+impl Generator for Pipeline {
+    fn descriptor(&self) -> &ModelDescriptor {
+        &self.descriptor
+    }
+
+    fn generate(&self, spec: &GenerationSpec, progress: &dyn ProgressSink) -> Result<Generation, GenerateError> {
+        self.generate_with_latents(spec, None, progress)
+    }
+}
+
+/// The text encoder's output: one `[seq_len, hidden]` block per prompt, unconditional first.
+#[derive(Debug)]
+struct TextStates {
+    states: Vec<f32>,
+    seq_len: usize,
+    hidden: usize,
+}
+
+impl TextStates {
+    fn prompts(&self) -> usize {
+        self.states.len() / (self.seq_len * self.hidden).max(1)
+    }
+
+    /// Each prompt's block repeated `k` times: the UNet's `encoder_hidden_states` for k images.
+    fn repeated(&self, k: usize) -> Vec<f32> {
+        let block = self.seq_len * self.hidden;
+        let mut rows = Vec::with_capacity(self.states.len() * k);
+        for prompt in self.states.chunks_exact(block.max(1)) {
+            for _ in 0..k {
+                rows.extend_from_slice(prompt);
+            }
+        }
+        rows
+    }
+}
+
+/// One validated request: its sizes in pixels and latent cells, and its guidance scale.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    images: usize,
+    channels: usize,
+    width: usize,
+    height: usize,
+    latent_width: usize,
+    latent_height: usize,
+    guidance: f32,
+}
+
+impl Plan {
+    fn latent_len(&self) -> usize {
+        self.channels * self.latent_height * self.latent_width
+    }
+
+    /// Classifier-free guidance is on only above 1, as in diffusers (`guidance_scale > 1.0`).
+    fn guided(&self) -> bool {
+        self.guidance > 1.0
+    }
+}
+
+/// Up to `max_batch` images denoised together, with their sampler.
+#[derive(Debug)]
+struct Chunk {
+    images: usize,
+    sampler: Box<dyn Sampler>,
+}
+
+/// Splits `images` into chunks of at most `max_batch`, as evenly as possible (5 by 4 → 3 + 2,
+/// not 4 + 1: both take two UNet calls, and even chunks need less memory per call).
+fn chunk_sizes(images: usize, max_batch: usize) -> Vec<usize> {
+    let max_batch = max_batch.max(1);
+    let count = images.div_ceil(max_batch);
+    (0..count).map(|i| images / count + usize::from(i < images % count)).collect()
+}
+
+/// The descriptor the worker records on tasks, from the folder and the options.
+fn describe(folder: &ModelFolder, options: &PipelineOptions) -> Result<ModelDescriptor, LoadError> {
+    let manifest_path = folder.root.join(Manifest::FILE);
+    let multiple = folder.size_multiple();
+    let max_side = options.max_side / multiple * multiple;
+    if max_side == 0 {
+        return Err(LoadError::invalid(
+            &folder.root,
+            format!("image sides must be multiples of {multiple}, above the configured max side {}", options.max_side),
+        ));
+    }
+    let max_steps = options.max_steps.min(u32::try_from(folder.scheduler.num_train_timesteps).unwrap_or(u32::MAX));
+    let manifest = &folder.manifest;
+    let native = folder.unet.sample_size * folder.vae.factor;
+    let descriptor = ModelDescriptor {
+        id: manifest.name.clone().unwrap_or_else(|| folder.folder_name()),
+        hash: model::fingerprint(&folder.root)?,
+        default_steps: manifest.default_steps.unwrap_or(DEFAULT_STEPS.min(max_steps)),
+        default_guidance: manifest.default_guidance.unwrap_or(DEFAULT_GUIDANCE),
+        native_width: manifest.native_width.unwrap_or(native).min(max_side),
+        native_height: manifest.native_height.unwrap_or(native).min(max_side),
+        size_multiple: multiple,
+        max_steps,
+        max_side,
+        default_sampler: SamplerKind::Euler.api_name().to_owned(),
+    };
+    if descriptor.default_steps == 0 || descriptor.default_steps > max_steps {
+        return Err(LoadError::invalid(manifest_path, format!("default_steps must be between 1 and {max_steps}")));
+    }
+    let guidance = descriptor.default_guidance;
+    if !(guidance.is_finite() && (0.0..=MAX_GUIDANCE).contains(&guidance)) {
+        return Err(LoadError::invalid(
+            manifest_path,
+            format!("default_guidance must be between 0 and {MAX_GUIDANCE}"),
+        ));
+    }
+    for (field, side) in [("native_width", descriptor.native_width), ("native_height", descriptor.native_height)] {
+        if side == 0 || side % multiple != 0 {
+            return Err(LoadError::invalid(
+                &manifest_path,
+                format!("{field} must be a positive multiple of {multiple} (got {side})"),
+            ));
+        }
+    }
+    Ok(descriptor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_sizes;
+
+    #[test]
+    fn images_are_split_into_even_chunks_of_at_most_max_batch() {
+        assert_eq!(chunk_sizes(1, 4), [1]);
+        assert_eq!(chunk_sizes(4, 4), [4]);
+        assert_eq!(chunk_sizes(5, 4), [3, 2]);
+        assert_eq!(chunk_sizes(10, 4), [4, 3, 3]);
+        assert_eq!(chunk_sizes(3, 1), [1, 1, 1]);
+        assert_eq!(chunk_sizes(2, 0), [1, 1]);
+    }
+}

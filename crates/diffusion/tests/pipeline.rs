@@ -1,0 +1,235 @@
+//! The txt2img pipeline end to end on the committed tiny model (random weights: it does not follow
+//! prompts, but every graph, shape and dtype is SD 1.x's).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{Recorder, pipeline, spec};
+use easel_core::generator::{GenerateError, Generator, NoProgress};
+use easel_diffusion::{LoadError, Pipeline, PipelineOptions};
+use ndarray::Array4;
+
+fn invalid_message(result: Result<easel_core::generator::Generation, GenerateError>) -> String {
+    match result {
+        Err(GenerateError::InvalidRequest(message)) => message,
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_1024_square_generation_gives_one_image_of_the_right_size_per_seed() {
+    let pipeline = pipeline();
+    let d = pipeline.descriptor();
+    let request = easel_core::generator::GenerationSpec {
+        width: 1024,
+        height: 1024,
+        steps: d.default_steps,
+        guidance: d.default_guidance,
+        ..spec(&[1, 2])
+    };
+    let generation = pipeline.generate(&request, &NoProgress).unwrap();
+    assert_eq!(generation.images.len(), 2);
+    for (image, seed) in generation.images.iter().zip([1, 2]) {
+        assert_eq!((image.width, image.height, image.seed), (1024, 1024, seed));
+        assert_eq!(image.rgb.len(), 1024 * 1024 * 3);
+        let distinct: std::collections::HashSet<u8> = image.rgb.iter().copied().collect();
+        assert!(distinct.len() > 16, "a flat image means the pipeline lost the signal");
+    }
+    assert_ne!(generation.images[0].rgb, generation.images[1].rgb);
+    assert_eq!(generation.unet_calls, d.default_steps, "two guided images fit in one UNet call per step");
+    assert!(generation.warnings.is_empty(), "{:?}", generation.warnings);
+}
+
+#[test]
+fn same_seed_gives_identical_pixels() {
+    let a = pipeline().generate(&spec(&[42]), &NoProgress).unwrap();
+    let b = pipeline().generate(&spec(&[42]), &NoProgress).unwrap();
+    assert_eq!(a.images[0].rgb, b.images[0].rgb);
+    let c = pipeline().generate(&spec(&[43]), &NoProgress).unwrap();
+    assert_ne!(a.images[0].rgb, c.images[0].rgb);
+}
+
+#[test]
+fn a_different_negative_prompt_gives_different_pixels() {
+    let plain = pipeline().generate(&spec(&[5]), &NoProgress).unwrap();
+    let negative =
+        easel_core::generator::GenerationSpec { negative_prompt: "blurry, low quality".to_owned(), ..spec(&[5]) };
+    let with_negative = pipeline().generate(&negative, &NoProgress).unwrap();
+    assert_ne!(plain.images[0].rgb, with_negative.images[0].rgb);
+}
+
+#[test]
+fn a_seed_gives_the_same_image_alone_and_in_a_batch() {
+    let alone = pipeline().generate(&spec(&[77]), &NoProgress).unwrap();
+    let batch = pipeline().generate(&spec(&[11, 77]), &NoProgress).unwrap();
+    assert_eq!(batch.images[1].seed, 77);
+    assert_eq!(alone.images[0].rgb, batch.images[1].rgb);
+}
+
+#[test]
+fn batches_above_max_batch_are_chunked_without_changing_any_image() {
+    let options = PipelineOptions { max_batch: std::num::NonZeroUsize::MIN, ..common::options() };
+    let one_at_a_time = Pipeline::load(common::runtime(), &common::tiny_model_dir(), &options).unwrap();
+    let chunked = one_at_a_time.generate(&spec(&[3, 4, 5]), &NoProgress).unwrap();
+    assert_eq!(chunked.unet_calls, 3 * 4, "three chunks of one image, four steps");
+    let together = pipeline().generate(&spec(&[3, 4, 5]), &NoProgress).unwrap();
+    assert_eq!(together.unet_calls, 4);
+    for (a, b) in chunked.images.iter().zip(&together.images) {
+        assert_eq!(a.rgb, b.rgb, "seed {}", a.seed);
+    }
+}
+
+#[test]
+fn guidance_of_one_runs_without_classifier_free_guidance() {
+    let unguided = easel_core::generator::GenerationSpec { guidance: 1.0, ..spec(&[9]) };
+    let generation = pipeline().generate(&unguided, &NoProgress).unwrap();
+    assert_eq!(generation.images.len(), 1);
+    assert_eq!(generation.unet_calls, 4);
+    // Without guidance the negative prompt is not encoded at all, so it cannot change the image.
+    let with_negative = easel_core::generator::GenerationSpec { negative_prompt: "anything".to_owned(), ..unguided };
+    let ignored = pipeline().generate(&with_negative, &NoProgress).unwrap();
+    assert_eq!(generation.images[0].rgb, ignored.images[0].rgb);
+    assert!(ignored.warnings.iter().any(|w| w.contains("negative prompt")), "{:?}", ignored.warnings);
+    let guided = pipeline().generate(&spec(&[9]), &NoProgress).unwrap();
+    assert_ne!(generation.images[0].rgb, guided.images[0].rgb);
+}
+
+#[test]
+fn invalid_sizes_steps_guidance_and_seeds_are_refused_naming_the_field() {
+    let p = pipeline();
+    let multiple = p.descriptor().size_multiple;
+    let cases = [
+        (easel_core::generator::GenerationSpec { width: 250, ..spec(&[1]) }, "width"),
+        (easel_core::generator::GenerationSpec { height: 0, ..spec(&[1]) }, "height"),
+        (easel_core::generator::GenerationSpec { width: p.descriptor().max_side + multiple, ..spec(&[1]) }, "width"),
+        (easel_core::generator::GenerationSpec { steps: 0, ..spec(&[1]) }, "steps"),
+        (easel_core::generator::GenerationSpec { steps: p.descriptor().max_steps + 1, ..spec(&[1]) }, "steps"),
+        (easel_core::generator::GenerationSpec { guidance: -0.5, ..spec(&[1]) }, "guidance"),
+        (easel_core::generator::GenerationSpec { guidance: f32::NAN, ..spec(&[1]) }, "guidance"),
+        (easel_core::generator::GenerationSpec { guidance: 51.0, ..spec(&[1]) }, "guidance"),
+        (spec(&[]), "seeds"),
+    ];
+    for (request, field) in cases {
+        let message = invalid_message(p.generate(&request, &NoProgress));
+        assert!(message.starts_with(field), "{field}: {message}");
+    }
+    let message =
+        invalid_message(p.generate(&easel_core::generator::GenerationSpec { width: 250, ..spec(&[1]) }, &NoProgress));
+    assert!(message.contains(&format!("multiple of {multiple}")) && message.contains("250"), "{message}");
+}
+
+#[test]
+fn an_empty_prompt_generates_rather_than_panics() {
+    let empty = easel_core::generator::GenerationSpec { prompt: String::new(), ..spec(&[1]) };
+    assert_eq!(pipeline().generate(&empty, &NoProgress).unwrap().images.len(), 1);
+}
+
+#[test]
+fn explicit_latents_replace_the_seeded_noise() {
+    let shape = (1, 4, 256 / 8, 256 / 8);
+    let latents = Array4::from_shape_fn(shape, |(_, c, y, x)| ((c * 31 + y * 7 + x) as f32 * 0.37).sin());
+    let a = pipeline().generate_with_latents(&spec(&[1]), Some(latents.clone()), &NoProgress).unwrap();
+    let b = pipeline().generate_with_latents(&spec(&[2]), Some(latents), &NoProgress).unwrap();
+    assert_eq!(a.images[0].rgb, b.images[0].rgb, "the seed must not matter once latents are given");
+    let seeded = pipeline().generate(&spec(&[1]), &NoProgress).unwrap();
+    assert_ne!(a.images[0].rgb, seeded.images[0].rgb);
+}
+
+#[test]
+fn explicit_latents_of_the_wrong_shape_or_with_nan_are_refused() {
+    let wrong = Array4::<f32>::zeros((1, 4, 16, 32));
+    let message = invalid_message(pipeline().generate_with_latents(&spec(&[1]), Some(wrong), &NoProgress));
+    assert!(message.contains("latents") && message.contains("[1, 4, 32, 32]"), "{message}");
+    let mut nan = Array4::<f32>::zeros((1, 4, 32, 32));
+    nan[[0, 2, 3, 4]] = f32::NAN;
+    let message = invalid_message(pipeline().generate_with_latents(&spec(&[1]), Some(nan), &NoProgress));
+    assert!(message.contains("finite"), "{message}");
+}
+
+#[test]
+fn progress_is_reported_after_every_step() {
+    let recorder = Recorder::default();
+    pipeline().generate(&spec(&[1]), &recorder).unwrap();
+    assert_eq!(*recorder.steps.lock().unwrap(), [(1, 4), (2, 4), (3, 4), (4, 4)]);
+}
+
+#[test]
+fn a_sink_that_cancels_after_step_two_stops_the_generation() {
+    let recorder = Recorder { cancel_after: Some(2), ..Recorder::default() };
+    let result = pipeline().generate(&spec(&[1, 2]), &recorder);
+    assert!(matches!(result, Err(GenerateError::Cancelled)), "{result:?}");
+    assert_eq!(*recorder.steps.lock().unwrap(), [(1, 4), (2, 4)]);
+}
+
+#[test]
+fn an_overlong_prompt_is_generated_with_a_truncation_warning() {
+    let long = "a very detailed painting of a lighthouse on a cliff at dusk ".repeat(10);
+    let request = easel_core::generator::GenerationSpec { prompt: long.clone(), negative_prompt: long, ..spec(&[1]) };
+    let generation = pipeline().generate(&request, &NoProgress).unwrap();
+    assert_eq!(
+        generation.warnings,
+        [
+            "negative prompt is longer than 77 CLIP tokens; the end was dropped",
+            "prompt is longer than 77 CLIP tokens; the end was dropped"
+        ]
+    );
+}
+
+#[test]
+fn the_descriptor_comes_from_the_manifest_and_the_configs() {
+    let read = |relative: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(common::tiny_model_dir().join(relative)).unwrap()).unwrap()
+    };
+    let (manifest, unet, vae) = (read("easel.json"), read("unet/config.json"), read("vae_decoder/config.json"));
+    let levels = |config: &serde_json::Value, key: &str| config[key].as_array().unwrap().len() as u32;
+    let vae_factor = 1 << (levels(&vae, "block_out_channels") - 1);
+    let unet_factor = 1 << (levels(&unet, "down_block_types") - 1);
+
+    let d = pipeline().descriptor();
+    assert_eq!(d.id, manifest["name"]);
+    assert_eq!(u64::from(d.native_width), manifest["native_width"].as_u64().unwrap());
+    assert_eq!(u64::from(d.native_height), manifest["native_height"].as_u64().unwrap());
+    assert_eq!(u64::from(d.default_steps), manifest["default_steps"].as_u64().unwrap());
+    assert_eq!(f64::from(d.default_guidance), manifest["default_guidance"].as_f64().unwrap());
+    assert_eq!(d.size_multiple, vae_factor * unet_factor);
+    assert_eq!(d.max_side, 2048 / d.size_multiple * d.size_multiple);
+    assert_eq!(d.max_steps, 150);
+    assert_eq!(d.default_sampler, "K_EULER");
+    assert_eq!(d.hash.len(), 64);
+    assert!(d.hash.chars().all(|c| c.is_ascii_hexdigit()));
+    let again = Pipeline::load(common::runtime(), &common::tiny_model_dir(), &common::options()).unwrap();
+    assert_eq!(again.descriptor(), d, "loading twice describes the same model");
+}
+
+#[test]
+fn a_folder_missing_the_unet_graph_fails_to_load_naming_the_file() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&common::tiny_model_dir(), copy.path());
+    std::fs::remove_file(copy.path().join("unet/model.onnx")).unwrap();
+    let err = Pipeline::load(common::runtime(), copy.path(), &common::options()).unwrap_err();
+    assert!(matches!(&err, LoadError::MissingFile { path, .. } if path.ends_with("unet/model.onnx")), "{err:?}");
+    assert!(err.to_string().contains("unet/model.onnx"), "{err}");
+}
+
+#[test]
+fn a_corrupt_graph_fails_to_load_naming_the_file() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&common::tiny_model_dir(), copy.path());
+    std::fs::write(copy.path().join("vae_decoder/model.onnx"), b"not onnx").unwrap();
+    let err = Pipeline::load(common::runtime(), copy.path(), &common::options()).unwrap_err();
+    assert!(matches!(&err, LoadError::Session { path, .. } if path.ends_with("vae_decoder/model.onnx")), "{err:?}");
+}
+
+/// Copies a model folder, linking the (read-only) graphs instead of copying them.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::create_dir_all(&target).unwrap();
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
