@@ -1,0 +1,315 @@
+//! `easel`: serve the API locally, generate images, manage API keys.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use easel_cli::local::{DevKey, LocalServer, ServeConfig};
+use easel_cli::runtime::load_pipeline;
+use easel_core::generator::{GenerationSpec, Generator, ProgressSink};
+use easel_core::keys::create_key;
+use easel_core::png::encode_png;
+use easel_core::ports::KeyStore;
+use easel_core::request::resolve_seeds;
+use easel_core::worker::WorkerConfig;
+use easel_embedded::{EmbeddedBackend, EmbeddedOptions};
+use time::OffsetDateTime;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "easel",
+    version,
+    about = "A self-hostable text-to-image API: local server, generator and key management"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API and a worker in one process, on embedded backends (SQLite and files).
+    Serve(ServeArgs),
+    /// Generate images from the command line, without a server.
+    Generate(GenerateArgs),
+    /// Manage API keys in the embedded key store.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Show what a model folder contains and its defaults.
+    Models {
+        #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
+        model: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// Folder for the database and images.
+    #[arg(long, env = "EASEL_DATA_DIR", default_value = ".easel/data", global = true)]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    #[arg(long, env = "EASEL_ADDR", default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Model folder (diffusers/optimum ONNX layout).
+    #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
+    model: PathBuf,
+    /// Base URL clients use to reach this server, for image links [default: http://ADDR].
+    #[arg(long, env = "EASEL_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Lifetime of image URLs, in seconds.
+    #[arg(long, env = "EASEL_URL_TTL_SECONDS", default_value_t = 3600)]
+    url_ttl_seconds: u64,
+    /// Receives of one job before it goes to the dead-letter queue.
+    #[arg(long, env = "EASEL_MAX_RECEIVES", default_value_t = 3)]
+    max_receives: u32,
+    /// Where the development API key is written on first start.
+    #[arg(long, env = "EASEL_DEV_KEY_FILE", default_value = ".easel/dev-api-key")]
+    dev_key_file: PathBuf,
+    /// Accept and queue tasks without running them (no model is loaded).
+    #[arg(long)]
+    no_worker: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a key and print its secret (shown once).
+    Create {
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// List keys (never their secrets).
+    List,
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Args)]
+struct GenerateArgs {
+    prompt: String,
+    #[arg(long, default_value = "")]
+    negative: String,
+    #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
+    model: PathBuf,
+    /// Denoising steps [default: the model's].
+    #[arg(long)]
+    steps: Option<u32>,
+    /// Classifier-free guidance scale [default: the model's].
+    #[arg(long)]
+    guidance: Option<f32>,
+    /// Seed of the first image; the others use seed+1, seed+2… [default: random].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Image size as WIDTHxHEIGHT [default: the model's native size].
+    #[arg(long)]
+    size: Option<String>,
+    /// Number of images.
+    #[arg(long, default_value_t = 1)]
+    n: u32,
+    #[arg(long, default_value = "out")]
+    out: PathBuf,
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env("EASEL_LOG").unwrap_or_else(|_| EnvFilter::new("info,tower_http=warn,ort=warn"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if std::env::var("EASEL_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Generate(args) => generate(args).await,
+        Command::Keys { command, data } => keys(command, data).await,
+        Command::Models { model } => models(model),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let generator: Option<Arc<dyn Generator>> = if args.no_worker {
+        None
+    } else {
+        let model = args.model.clone();
+        let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model)).await??;
+        Some(pipeline)
+    };
+    let config = ServeConfig {
+        addr: args.addr,
+        data_dir: args.data.data_dir,
+        public_url: args.public_url,
+        url_ttl: Duration::from_secs(args.url_ttl_seconds),
+        max_receives: args.max_receives,
+        worker: WorkerConfig::default(),
+        dev_key_file: Some(args.dev_key_file),
+        shutdown_grace: Duration::from_secs(30),
+    };
+    let server = LocalServer::start(config, generator).await?;
+    let addr = server.addr();
+    match server.dev_key() {
+        DevKey::Created { secret, file } => {
+            println!("Created a development API key (shown once, also saved to {}):\n\n    {secret}\n", file.display())
+        }
+        DevKey::Existing { file } if file.exists() => println!("Development API key: in {}", file.display()),
+        _ => {}
+    }
+    println!("easel is ready on http://{addr} (started in {} ms). Ctrl-C stops it.", started.elapsed().as_millis());
+    tracing::info!(%addr, ready_ms = started.elapsed().as_millis() as u64, "ready");
+    wait_for_signal().await;
+    println!("Shutting down…");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn keys(command: KeysCommand, data: DataArgs) -> anyhow::Result<()> {
+    let backend =
+        EmbeddedBackend::open(&data.data_dir, &EmbeddedOptions { public_base_url: String::new(), max_receives: 3 })?;
+    let store: &dyn KeyStore = backend.keys.as_ref();
+    match command {
+        KeysCommand::Create { name } => {
+            let new = create_key(store, &name).await?;
+            println!("id:               {}", new.key.id);
+            println!("name:             {}", new.key.name);
+            println!("secret:           {}   (shown once: store it now)", new.secret);
+            println!("callback secret:  {}", new.key.callback_secret);
+        }
+        KeysCommand::List => {
+            for key in store.list().await? {
+                let state = match key.revoked_at {
+                    Some(at) => format!("revoked {at}"),
+                    None => "active".to_owned(),
+                };
+                println!("{}\t{}\t{}\t{}", key.id, key.name, key.created_at, state);
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            if !store.revoke(&id, OffsetDateTime::now_utc()).await? {
+                bail!("no key with id {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}
+
+fn models(model: PathBuf) -> anyhow::Result<()> {
+    let pipeline = load_pipeline(&model)?;
+    println!("{}", serde_json::to_string_pretty(pipeline.descriptor())?);
+    Ok(())
+}
+
+struct BarSink(indicatif::ProgressBar);
+
+impl ProgressSink for BarSink {
+    fn step(&self, done: u32, total: u32) {
+        self.0.set_length(u64::from(total));
+        self.0.set_position(u64::from(done));
+    }
+}
+
+fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (w, h) = s.split_once(['x', 'X']).context("--size must look like 512x512")?;
+    Ok((w.trim().parse().context("--size width")?, h.trim().parse().context("--size height")?))
+}
+
+async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    if args.n == 0 || args.n > 16 {
+        bail!("--n must be from 1 to 16");
+    }
+    let model = args.model.clone();
+    let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model)).await??;
+    let d = pipeline.descriptor().clone();
+    let (width, height) = match &args.size {
+        Some(s) => parse_size(s)?,
+        None => (d.native_width, d.native_height),
+    };
+    let seeds = resolve_seeds(args.seed, args.n);
+    let spec = GenerationSpec {
+        prompt: args.prompt,
+        negative_prompt: args.negative,
+        width,
+        height,
+        steps: args.steps.unwrap_or(d.default_steps),
+        guidance: args.guidance.unwrap_or(d.default_guidance),
+        seeds,
+    };
+    let bar = indicatif::ProgressBar::new(u64::from(spec.steps));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} {wide_bar} {elapsed}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = Instant::now();
+    let generation = tokio::task::spawn_blocking({
+        let pipeline = Arc::clone(&pipeline);
+        let bar = bar.clone();
+        move || pipeline.generate(&spec, &BarSink(bar))
+    })
+    .await??;
+    bar.finish_and_clear();
+    for warning in &generation.warnings {
+        eprintln!("warning: {warning}");
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("cannot create {}", args.out.display()))?;
+    for image in &generation.images {
+        let path = args.out.join(format!("{}.png", image.seed));
+        std::fs::write(&path, encode_png(image)?).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}  seed {}", path.display(), image.seed);
+    }
+    println!(
+        "{} image(s) {}x{} in {:.2} s ({} UNet calls)",
+        generation.images.len(),
+        width,
+        height,
+        started.elapsed().as_secs_f64(),
+        generation.unet_calls
+    );
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! Finding ONNX Runtime and loading the model, for every subcommand that generates.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions};
+
+/// Folders where `easel` looks for `.easel/onnxruntime/` (and their ancestors): the working
+/// directory and the executable's folder, so `target/debug/easel` finds the project's copy.
+pub fn library_search_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        dirs.push(cwd);
+    }
+    if let Some(dir) = std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)) {
+        dirs.push(dir);
+    }
+    dirs
+}
+
+/// Initialises ONNX Runtime (once per process) and loads the model folder.
+pub fn load_pipeline(model_dir: &Path) -> anyhow::Result<Arc<Pipeline>> {
+    let runtime = OrtRuntime::init_discovered(&library_search_dirs())?;
+    let pipeline = Pipeline::load(runtime, model_dir, &PipelineOptions::default())
+        .with_context(|| format!("cannot load the model folder {}", model_dir.display()))?;
+    Ok(Arc::new(pipeline))
+}
