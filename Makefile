@@ -1,0 +1,39 @@
+# The two commands: `make run` (set up, then serve with the bundled model) and `make test`
+# (set up, then run every check CI runs). See README.md.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+ORT_VERSION := 1.31.1
+# The project's ONNX Runtime, unless the caller points elsewhere.
+export ORT_DYLIB_PATH ?= $(CURDIR)/.easel/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
+# One build directory outside the clone, shared by every clone on this machine: a fresh clone
+# (CI's, or a second worktree) reuses what an earlier one compiled.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/easel/target
+CARGO ?= cargo
+
+.PHONY: help setup run test build lint fmt
+
+help:
+	@echo "make run    set up, then serve the API on http://127.0.0.1:8080 with the bundled model"
+	@echo "make test   set up, then run formatting, lint and the whole test suite"
+	@echo "make setup  install the ONNX Runtime library into .easel/ (idempotent)"
+
+setup:
+	@bash infra/setup.sh
+
+build: setup
+	$(CARGO) build --workspace --locked
+
+run: setup
+	$(CARGO) run --locked -p easel-cli --bin easel -- serve
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test: setup lint
+	$(CARGO) test --workspace --locked --no-fail-fast
