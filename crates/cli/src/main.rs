@@ -98,10 +98,31 @@ enum KeysCommand {
 #[derive(Debug, Args)]
 struct GenerateArgs {
     prompt: String,
+    /// Negative prompt: what the images should not show.
     #[arg(long, default_value = "")]
     negative: String,
     #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
     model: PathBuf,
+    /// Sampler, by its Stability name (DDIM, DDPM, PNDM, K_EULER, K_EULER_ANCESTRAL, K_HEUN,
+    /// K_DPM_2, K_DPM_2_ANCESTRAL, K_LMS, K_DPMPP_2M, K_DPMPP_2S_ANCESTRAL) [default: the model's].
+    #[arg(long)]
+    sampler: Option<easel_core::generator::SamplerKind>,
+    /// Use Karras σs (K_ samplers except K_EULER_ANCESTRAL) [default: the model's config].
+    #[arg(long)]
+    karras: Option<bool>,
+    /// A Stability style preset (anime, photographic, pixel-art...).
+    #[arg(long)]
+    style: Option<String>,
+    /// Start from this image (PNG, JPEG or WebP), resized to --size (img2img).
+    #[arg(long)]
+    init_image: Option<PathBuf>,
+    /// img2img: how much of the init image to replace, in (0, 1].
+    #[arg(long, default_value_t = 0.8, requires = "init_image")]
+    strength: f32,
+    /// Initial latents as a .npy file of float32 `[n, channels, height/8, width/8]` unit noise
+    /// (diffusers' `latents=`), instead of noise from the seeds.
+    #[arg(long)]
+    latents: Option<PathBuf>,
     /// Denoising steps [default: the model's].
     #[arg(long)]
     steps: Option<u32>,
@@ -272,25 +293,50 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         None => (d.native_width, d.native_height),
     };
     let seeds = resolve_seeds(args.seed, args.n);
+    let (prompt, negative_prompt) = match &args.style {
+        Some(style) => easel_core::presets::apply(style, &args.prompt, &args.negative)?,
+        None => (args.prompt, args.negative),
+    };
+    let init_image = match &args.init_image {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            Some(easel_core::png::decode_image(&bytes).with_context(|| format!("--init-image {}", path.display()))?)
+        }
+        None => None,
+    };
+    let latents = match &args.latents {
+        Some(path) => Some(
+            ndarray_npy::read_npy::<_, ndarray::Array4<f32>>(path)
+                .with_context(|| format!("--latents {}: expected a float32 4-D .npy file", path.display()))?,
+        ),
+        None => None,
+    };
     let spec = GenerationSpec {
-        prompt: args.prompt,
-        negative_prompt: args.negative,
+        prompt,
+        negative_prompt,
         width,
         height,
         steps: args.steps.unwrap_or(d.default_steps),
         guidance: args.guidance.unwrap_or(d.default_guidance),
         seeds,
+        sampler: args.sampler,
+        karras: args.karras,
+        strength: if init_image.is_some() { args.strength } else { 1.0 },
+        init_image,
     };
+    let sampler = pipeline.sampler_for(&spec);
     let bar = indicatif::ProgressBar::new(u64::from(spec.steps));
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} step {pos}/{len} {wide_bar} {elapsed}")
+        indicatif::ProgressStyle::with_template("{spinner} {msg} {pos}/{len} UNet evaluations {wide_bar} {elapsed}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    bar.set_message(sampler.to_string());
     let started = Instant::now();
+    let overrides = easel_diffusion::Overrides { latents, step_noise: None };
     let generation = tokio::task::spawn_blocking({
         let pipeline = Arc::clone(&pipeline);
         let bar = bar.clone();
-        move || pipeline.generate(&spec, &BarSink(bar))
+        move || pipeline.generate_with(&spec, &overrides, &BarSink(bar))
     })
     .await??;
     bar.finish_and_clear();
@@ -304,7 +350,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         println!("{}  seed {}", path.display(), image.seed);
     }
     println!(
-        "{} image(s) {}x{} in {:.2} s ({} UNet calls)",
+        "{} image(s) {}x{} with {sampler} in {:.2} s ({} UNet calls)",
         generation.images.len(),
         width,
         height,

@@ -25,6 +25,134 @@ pub struct ModelDescriptor {
     pub default_sampler: String,
 }
 
+/// A sampler, by the name the Stability v1 API gives it (plus `PNDM`, SD 1.5's own default).
+///
+/// Which diffusers scheduler each one is, and what it costs, is documented in the diffusion crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SamplerKind {
+    #[serde(rename = "DDIM")]
+    Ddim,
+    #[serde(rename = "DDPM")]
+    Ddpm,
+    #[serde(rename = "PNDM")]
+    Pndm,
+    #[serde(rename = "K_EULER")]
+    Euler,
+    #[serde(rename = "K_EULER_ANCESTRAL")]
+    EulerAncestral,
+    #[serde(rename = "K_HEUN")]
+    Heun,
+    #[serde(rename = "K_DPM_2")]
+    Dpm2,
+    #[serde(rename = "K_DPM_2_ANCESTRAL")]
+    Dpm2Ancestral,
+    #[serde(rename = "K_LMS")]
+    Lms,
+    #[serde(rename = "K_DPMPP_2M")]
+    DpmPp2m,
+    #[serde(rename = "K_DPMPP_2S_ANCESTRAL")]
+    DpmPp2sAncestral,
+}
+
+impl SamplerKind {
+    /// Every sampler, in the order the Stability v1 enum lists them (PNDM last).
+    pub const ALL: [SamplerKind; 11] = [
+        SamplerKind::Ddim,
+        SamplerKind::Ddpm,
+        SamplerKind::Euler,
+        SamplerKind::EulerAncestral,
+        SamplerKind::Heun,
+        SamplerKind::Dpm2,
+        SamplerKind::Dpm2Ancestral,
+        SamplerKind::Lms,
+        SamplerKind::DpmPp2sAncestral,
+        SamplerKind::DpmPp2m,
+        SamplerKind::Pndm,
+    ];
+
+    /// The API name (`K_EULER`...).
+    pub fn api_name(self) -> &'static str {
+        match self {
+            SamplerKind::Ddim => "DDIM",
+            SamplerKind::Ddpm => "DDPM",
+            SamplerKind::Pndm => "PNDM",
+            SamplerKind::Euler => "K_EULER",
+            SamplerKind::EulerAncestral => "K_EULER_ANCESTRAL",
+            SamplerKind::Heun => "K_HEUN",
+            SamplerKind::Dpm2 => "K_DPM_2",
+            SamplerKind::Dpm2Ancestral => "K_DPM_2_ANCESTRAL",
+            SamplerKind::Lms => "K_LMS",
+            SamplerKind::DpmPp2m => "K_DPMPP_2M",
+            SamplerKind::DpmPp2sAncestral => "K_DPMPP_2S_ANCESTRAL",
+        }
+    }
+
+    /// Whether the sampler adds fresh noise during denoising (its images still depend only on
+    /// the seed: the noise is drawn from the image's own seeded stream).
+    pub fn is_stochastic(self) -> bool {
+        matches!(
+            self,
+            SamplerKind::Ddpm
+                | SamplerKind::EulerAncestral
+                | SamplerKind::Dpm2Ancestral
+                | SamplerKind::DpmPp2sAncestral
+        )
+    }
+}
+
+impl fmt::Display for SamplerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.api_name())
+    }
+}
+
+impl std::str::FromStr for SamplerKind {
+    type Err = UnknownSampler;
+
+    /// Parses an API name exactly (`K_EULER`), or case-insensitively (`k_euler`).
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        SamplerKind::ALL
+            .into_iter()
+            .find(|kind| kind.api_name().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| UnknownSampler(name.to_owned()))
+    }
+}
+
+/// A sampler name that is not one of [`SamplerKind::ALL`]; the message lists the valid ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown sampler {0:?}; valid samplers are {list}", list = SamplerKind::ALL.map(SamplerKind::api_name).join(", "))]
+pub struct UnknownSampler(pub String);
+
+/// An image to start from (img2img): 8-bit RGB, row-major, `width * height * 3` bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct InitImage {
+    pub width: u32,
+    pub height: u32,
+    pub rgb: Vec<u8>,
+}
+
+impl InitImage {
+    /// The image resized to `width` x `height` with a Lanczos filter (what diffusers'
+    /// `VaeImageProcessor` does with PIL); the same image when the size already matches.
+    pub fn resized(&self, width: u32, height: u32) -> InitImage {
+        if (self.width, self.height) == (width, height) {
+            return self.clone();
+        }
+        let Some(buffer) = image::RgbImage::from_raw(self.width, self.height, self.rgb.clone()) else {
+            // A malformed buffer (wrong length) is treated as black rather than panicking.
+            return InitImage { width, height, rgb: vec![0; width as usize * height as usize * 3] };
+        };
+        let resized = image::imageops::resize(&buffer, width, height, image::imageops::FilterType::Lanczos3);
+        InitImage { width, height, rgb: resized.into_raw() }
+    }
+}
+
+impl fmt::Debug for InitImage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InitImage").field("width", &self.width).field("height", &self.height).finish_non_exhaustive()
+    }
+}
+
 /// One generation, fully resolved: every default already applied, one seed per image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationSpec {
@@ -37,6 +165,34 @@ pub struct GenerationSpec {
     pub guidance: f32,
     /// One seed per image; its length is the number of images.
     pub seeds: Vec<u64>,
+    /// `None` = the model's default sampler.
+    pub sampler: Option<SamplerKind>,
+    /// `Some(true)` forces Karras σs, `Some(false)` forbids them, `None` follows the model's
+    /// scheduler config. Only the σ-space samplers and `K_DPMPP_2M` have Karras σs.
+    pub karras: Option<bool>,
+    /// img2img: the image to start from (resized to `width` x `height`) and how much of it to
+    /// replace, in (0, 1] as diffusers defines `strength`: 1 ignores the image's content.
+    pub init_image: Option<InitImage>,
+    pub strength: f32,
+}
+
+impl GenerationSpec {
+    /// A text-to-image spec with the engine's defaults for everything else.
+    pub fn text_to_image(prompt: impl Into<String>, width: u32, height: u32, steps: u32, guidance: f32) -> Self {
+        GenerationSpec {
+            prompt: prompt.into(),
+            negative_prompt: String::new(),
+            width,
+            height,
+            steps,
+            guidance,
+            seeds: vec![0],
+            sampler: None,
+            karras: None,
+            init_image: None,
+            strength: 1.0,
+        }
+    }
 }
 
 /// One generated image as 8-bit RGB pixels, row-major, `width * height * 3` bytes.

@@ -9,6 +9,7 @@ pub mod generator;
 pub mod keys;
 pub mod png;
 pub mod ports;
+pub mod presets;
 pub mod request;
 pub mod submit;
 pub mod task;

@@ -24,6 +24,9 @@ pub struct GenerationRequest {
     pub steps: Option<u32>,
     #[serde(default)]
     pub guidance: Option<f32>,
+    /// `None` = the model's default sampler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<crate::generator::SamplerKind>,
     /// One seed per image, resolved at submission so that a redelivered job redraws the same images.
     pub seeds: Vec<u64>,
 }

@@ -161,11 +161,15 @@ impl Worker {
             steps: task.request.steps.unwrap_or(descriptor.default_steps),
             guidance: task.request.guidance.unwrap_or(descriptor.default_guidance),
             seeds: task.request.seeds.clone(),
+            sampler: task.request.sampler,
+            karras: None,
+            init_image: None,
+            strength: 1.0,
         };
         let run = RunRecord {
             model_id: descriptor.id.clone(),
             model_hash: descriptor.hash.clone(),
-            sampler: descriptor.default_sampler.clone(),
+            sampler: spec.sampler.map_or_else(|| descriptor.default_sampler.clone(), |s| s.api_name().to_owned()),
             steps: spec.steps,
             guidance: spec.guidance,
             unet_calls: 0,

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use easel_core::generator::{GenerationSpec, Generator, NoProgress};
-use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions, Timings, find_onnxruntime_library};
+use easel_diffusion::{OrtRuntime, Overrides, Pipeline, PipelineOptions, Timings, find_onnxruntime_library};
 
 fn main() {
     let mut model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-sd");
@@ -49,6 +49,10 @@ fn main() {
         steps: steps.unwrap_or(d.default_steps),
         guidance: d.default_guidance,
         seeds: (1..=images as u64).collect(),
+        sampler: None,
+        karras: None,
+        init_image: None,
+        strength: 1.0,
     };
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     println!(
@@ -62,7 +66,7 @@ fn main() {
     pipeline.generate(&spec, &NoProgress).unwrap(); // warm-up: first-run allocations, page faults
     let mut all: Vec<Timings> = (0..runs)
         .map(|run| {
-            let (_, t) = pipeline.generate_timed(&spec, None, &NoProgress).unwrap();
+            let (_, t) = pipeline.generate_timed(&spec, &Overrides::default(), &NoProgress).unwrap();
             println!("run {run}: {}", describe(&t));
             t
         })

@@ -19,6 +19,16 @@ pub(crate) fn seeded_noise(seed: u64, out: &mut [f32]) {
     }
 }
 
+/// The ε of img2img's VAE posterior sample for the image with `seed`, on its own ChaCha8 stream
+/// (stream 0 is the initial noise, 1 the sampler's noise).
+pub(crate) fn posterior_noise(seed: u64, out: &mut [f32]) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    rng.set_stream(2);
+    for value in out {
+        *value = rng.sample(StandardNormal);
+    }
+}
+
 /// Converts one decoded image, planar `[3, height, width]` in [−1, 1], to interleaved 8-bit RGB.
 ///
 /// Same float32 operations as diffusers: `clip(x / 2 + 0.5, 0, 1)`, then
@@ -35,6 +45,15 @@ pub(crate) fn to_rgb8(planar: &[f32], width: usize, height: usize) -> Vec<u8> {
         pixel[2] = to_u8(b);
     }
     rgb
+}
+
+/// Converts one decoded image, planar `[3, height, width]` in [−1, 1], to `[height, width, 3]`
+/// in [0, 1]: diffusers' `clip(x / 2 + 0.5, 0, 1)` and NHWC transpose, before quantization.
+pub(crate) fn to_unit_hwc(planar: &[f32], width: usize, height: usize) -> ndarray::Array3<f32> {
+    let plane = width * height;
+    ndarray::Array3::from_shape_fn((height, width, 3), |(y, x, c)| {
+        planar.get(c * plane + y * width + x).map_or(0.0, |&v| (v / 2.0 + 0.5).clamp(0.0, 1.0))
+    })
 }
 
 /// `x.round_ties_even() as u8` for x in [0, 255] (NaN → 0), without the libm call that

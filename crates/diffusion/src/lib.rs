@@ -9,14 +9,10 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let runtime = OrtRuntime::init_discovered(&[PathBuf::from(".")])?; // once per process
 //! let pipeline = Pipeline::load(runtime, Path::new("models/tiny-sd"), &PipelineOptions::default())?;
+//! let d = pipeline.descriptor();
 //! let spec = GenerationSpec {
-//!     prompt: "a lighthouse at dusk".into(),
-//!     negative_prompt: String::new(),
-//!     width: 512,
-//!     height: 512,
-//!     steps: pipeline.descriptor().default_steps,
-//!     guidance: pipeline.descriptor().default_guidance,
 //!     seeds: vec![7, 8],
+//!     ..GenerationSpec::text_to_image("a lighthouse at dusk", 512, 512, d.default_steps, d.default_guidance)
 //! };
 //! let generation = pipeline.generate(&spec, &NoProgress)?;
 //! assert_eq!(generation.images.len(), 2);
@@ -28,8 +24,9 @@
 //! - [`Pipeline`]: loads a diffusers/optimum ONNX model folder once and implements
 //!   [`easel_core::generator::Generator`].
 //! - [`ClipTokenizer`]: CLIP BPE identical to HF transformers' `CLIPTokenizer`.
-//! - Samplers: `K_EULER` (diffusers' `EulerDiscreteScheduler`), reproducing diffusers numerically
-//!   given the same initial latents.
+//! - Samplers: the ten Stability v1 samplers plus PNDM, ports of diffusers' schedulers (and of
+//!   k-diffusion for `K_DPMPP_2S_ANCESTRAL`) that reproduce diffusers' images given the same
+//!   initial latents and noise draws; see the table in `scheduler/mod.rs`.
 
 mod error;
 mod latents;
@@ -40,8 +37,8 @@ pub mod runtime;
 mod scheduler;
 mod tokenizer;
 
+pub use easel_core::generator::SamplerKind;
 pub use error::{LoadError, RuntimeError};
-pub use pipeline::{Pipeline, PipelineOptions, Timings};
+pub use pipeline::{Overrides, Pipeline, PipelineOptions, Timings};
 pub use runtime::{OrtRuntime, find_onnxruntime_library};
-pub use scheduler::SamplerKind;
 pub use tokenizer::{ClipTokenizer, TokenizedPrompt};

@@ -23,18 +23,26 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::LoadError;
-use crate::scheduler::SchedulerConfig;
+use easel_core::generator::SamplerKind;
+
+use crate::scheduler::{SchedulerClass, SchedulerFile};
 
 /// The three graphs txt2img runs.
 pub(crate) const TEXT_ENCODER: &str = "text_encoder";
 pub(crate) const UNET: &str = "unet";
 pub(crate) const VAE_DECODER: &str = "vae_decoder";
+/// Optional: img2img needs it.
+pub(crate) const VAE_ENCODER: &str = "vae_encoder";
 
 /// Everything read from a model folder's JSON files, validated and with defaults applied.
 #[derive(Debug, Clone)]
 pub(crate) struct ModelFolder {
     pub root: PathBuf,
-    pub scheduler: SchedulerConfig,
+    pub scheduler: SchedulerFile,
+    /// The sampler requests without one get: the manifest's, else the scheduler class's.
+    pub default_sampler: SamplerKind,
+    /// Training timesteps of the noise schedule (the most steps any sampler can take).
+    pub num_train_timesteps: usize,
     pub text_encoder: TextEncoderConfig,
     pub unet: UnetConfig,
     pub vae: VaeConfig,
@@ -60,14 +68,19 @@ impl ModelFolder {
         }
 
         let scheduler_path = root.join("scheduler").join("scheduler_config.json");
-        let scheduler: SchedulerConfig =
-            read_json(&scheduler_path, "the scheduler config (diffusers' scheduler_config.json)")?;
-        if let Some(message) = scheduler.invalid() {
-            return Err(LoadError::invalid(scheduler_path, message));
-        }
-        if let Some(feature) = scheduler.unsupported() {
-            return Err(LoadError::unsupported(scheduler_path, feature));
-        }
+        let scheduler =
+            SchedulerFile::new(read_json(&scheduler_path, "the scheduler config (diffusers' scheduler_config.json)")?);
+        let manifest = Manifest::read(root)?;
+        let default_sampler = match &manifest.default_sampler {
+            Some(name) => name
+                .parse::<SamplerKind>()
+                .map_err(|e| LoadError::invalid(root.join(Manifest::FILE), format!("default_sampler: {e}")))?,
+            None => scheduler.default_sampler(),
+        };
+        // The default sampler must run on this config; other samplers are checked per request.
+        let config = scheduler
+            .resolve(SchedulerClass::of(default_sampler))
+            .map_err(|message| LoadError::invalid(&scheduler_path, message))?;
 
         let text_encoder = TextEncoderConfig::read(root)?;
         let unet = UnetConfig::read(root)?;
@@ -86,8 +99,16 @@ impl ModelFolder {
                 )
             });
         }
-        let manifest = Manifest::read(root)?;
-        Ok(ModelFolder { root: root.to_path_buf(), scheduler, text_encoder, unet, vae, manifest })
+        Ok(ModelFolder {
+            root: root.to_path_buf(),
+            scheduler,
+            default_sampler,
+            num_train_timesteps: config.num_train_timesteps,
+            text_encoder,
+            unet,
+            vae,
+            manifest,
+        })
     }
 
     pub fn component_path(&self, component: &str) -> PathBuf {
@@ -247,6 +268,8 @@ pub(crate) struct Manifest {
     pub default_guidance: Option<f32>,
     pub native_width: Option<u32>,
     pub native_height: Option<u32>,
+    /// A sampler API name (`K_EULER`...); default: the one of the scheduler config's class.
+    pub default_sampler: Option<String>,
 }
 
 impl Manifest {
@@ -406,7 +429,22 @@ mod tests {
         let dir = minimal_folder();
         write(dir.path(), "scheduler/scheduler_config.json", r#"{"steps_offset": "one"}"#);
         let err = ModelFolder::read(dir.path()).unwrap_err();
+        assert!(matches!(&err, LoadError::Invalid { path, .. } if path.ends_with("scheduler_config.json")), "{err}");
+        write(dir.path(), "scheduler/scheduler_config.json", "not json");
+        let err = ModelFolder::read(dir.path()).unwrap_err();
         assert!(matches!(&err, LoadError::Json { path, .. } if path.ends_with("scheduler_config.json")), "{err}");
+    }
+
+    #[test]
+    fn the_default_sampler_is_the_manifests_or_the_scheduler_class() {
+        let dir = minimal_folder();
+        write(dir.path(), "scheduler/scheduler_config.json", r#"{"_class_name": "DDIMScheduler"}"#);
+        assert_eq!(ModelFolder::read(dir.path()).unwrap().default_sampler, SamplerKind::Ddim);
+        write(dir.path(), "easel.json", r#"{"default_sampler": "K_DPMPP_2M"}"#);
+        assert_eq!(ModelFolder::read(dir.path()).unwrap().default_sampler, SamplerKind::DpmPp2m);
+        write(dir.path(), "easel.json", r#"{"default_sampler": "K_FAST"}"#);
+        let err = ModelFolder::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("K_FAST") && err.contains("K_EULER"), "{err}");
     }
 
     #[test]

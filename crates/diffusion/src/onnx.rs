@@ -376,6 +376,78 @@ impl VaeDecoder {
     }
 }
 
+/// What `vae_encoder/model.onnx` returns (the exporters differ, see the reference §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EncoderOutput {
+    /// `latent_parameters` `[B, 2C, h, w]`: mean ‖ log-variance (optimum ≥ 1.23); the host samples.
+    Parameters,
+    /// `latent_sample` `[B, C, h, w]`: already sampled inside the graph (older exports).
+    Sample,
+}
+
+/// `vae_encoder/model.onnx`: image in [−1, 1], NCHW → latent distribution (img2img).
+#[derive(Debug)]
+pub(crate) struct VaeEncoder {
+    graph: Graph,
+    input: String,
+    pub output: EncoderOutput,
+    channels: usize,
+}
+
+impl VaeEncoder {
+    pub fn load(
+        runtime: &OrtRuntime,
+        path: &Path,
+        channels: usize,
+        settings: SessionSettings,
+    ) -> Result<Self, LoadError> {
+        let session = Graph::open(runtime, path, settings)?;
+        let input = single_input(&session, "sample", path)?;
+        let (ty, shape) = tensor_type(input, path)?;
+        expect_float(input, ty, path)?;
+        expect_rank(input, shape, 4, path)?;
+        let input = input.name().to_owned();
+        let named = |name: &str| session.outputs().iter().any(|o| o.name() == name);
+        let (output_name, fixed) = if named("latent_parameters") || !named("latent_sample") {
+            let (name, shape) = float_output(&session, "latent_parameters", 4, path)?;
+            (name, fixed_dim(shape, 1))
+        } else {
+            let (name, shape) = float_output(&session, "latent_sample", 4, path)?;
+            (name, fixed_dim(shape, 1))
+        };
+        let output = match fixed {
+            Some(c) if c == 2 * channels => EncoderOutput::Parameters,
+            Some(c) if c == channels => EncoderOutput::Sample,
+            Some(c) => {
+                return Err(LoadError::invalid(
+                    path,
+                    format!(
+                        "{output_name:?} has {c} channels; expected {channels} (a sample) or {} (mean and log-variance)",
+                        2 * channels
+                    ),
+                ));
+            }
+            None if output_name == "latent_sample" => EncoderOutput::Sample,
+            None => EncoderOutput::Parameters,
+        };
+        Ok(VaeEncoder { graph: Graph::new(session, path, output_name)?, input, output, channels })
+    }
+
+    /// Encodes one `[1, 3, H, W]` image; returns the flat output (`[1, 2C, h, w]` or `[1, C, h, w]`).
+    pub fn encode(&self, image: &[f32], shape: [usize; 4], latent_hw: [usize; 2]) -> Result<Vec<f32>, GenerateError> {
+        let value = TensorRef::from_array_view((shape, image))
+            .map_err(|e| GenerateError::engine("building the VAE encoder input", e))?;
+        let channels = match self.output {
+            EncoderOutput::Parameters => 2 * self.channels,
+            EncoderOutput::Sample => self.channels,
+        };
+        self.graph.run(vec![(Cow::from(self.input.as_str()), value.into())], |out_shape, data| {
+            self.graph.expect_shape(out_shape, &[1, channels, latent_hw[0], latent_hw[1]])?;
+            Ok(data.to_vec())
+        })
+    }
+}
+
 fn engine_message(message: String) -> GenerateError {
     GenerateError::Engine { message, source: None }
 }

@@ -7,16 +7,18 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use easel_core::generator::{
-    GenerateError, GeneratedImage, Generation, GenerationSpec, Generator, ModelDescriptor, ProgressSink,
+    GenerateError, GeneratedImage, Generation, GenerationSpec, Generator, ModelDescriptor, ProgressSink, SamplerKind,
 };
-use ndarray::Array4;
+use ndarray::{Array3, Array4};
 
 use crate::error::LoadError;
-use crate::latents::{seeded_noise, to_rgb8};
-use crate::model::{self, Manifest, ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER};
-use crate::onnx::{SessionSettings, TextEncoder, TimestepType, Unet, UnetInputs, VaeDecoder};
+use crate::latents::{seeded_noise, to_rgb8, to_unit_hwc};
+use crate::model::{self, Manifest, ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER};
+use crate::onnx::{
+    EncoderOutput, SessionSettings, TextEncoder, TimestepType, Unet, UnetInputs, VaeDecoder, VaeEncoder,
+};
 use crate::runtime::OrtRuntime;
-use crate::scheduler::{Sampler, SamplerKind, build_sampler};
+use crate::scheduler::{ReplayNoise, Sampler, SamplerChoice, SeededNoise, StepNoise, build_sampler};
 use crate::tokenizer::ClipTokenizer;
 
 /// Defaults when `easel.json` does not say.
@@ -73,8 +75,21 @@ pub struct Pipeline {
     text_encoder: TextEncoder,
     unet: Unet,
     vae_decoder: VaeDecoder,
+    /// Present when the folder has `vae_encoder/model.onnx`: img2img needs it.
+    vae_encoder: Option<VaeEncoder>,
     max_batch: usize,
-    sampler: SamplerKind,
+}
+
+/// Inputs that replace the pipeline's own random draws, to reproduce another implementation's
+/// run exactly (diffusers' `latents=`, and the noise its stochastic schedulers drew).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// Unit-variance initial noise `[images, channels, height / f, width / f]` (f = the VAE
+    /// factor); the pipeline multiplies it by the sampler's initial σ, as diffusers does.
+    pub latents: Option<Array4<f32>>,
+    /// Every noise draw of a stochastic sampler, in order, each `[images, channels, h, w]`. The
+    /// count must be exactly what the sampler draws.
+    pub step_noise: Option<Vec<Array4<f32>>>,
 }
 
 impl Pipeline {
@@ -103,6 +118,11 @@ impl Pipeline {
         }
         let vae_path = folder.component_path(VAE_DECODER);
         let vae_decoder = VaeDecoder::load(runtime, &vae_path, folder.vae.latent_channels, settings)?;
+        let encoder_path = folder.component_path(VAE_ENCODER);
+        let vae_encoder = match encoder_path.is_file() {
+            true => Some(VaeEncoder::load(runtime, &encoder_path, folder.vae.latent_channels, settings)?),
+            false => None,
+        };
 
         tracing::info!(
             model = %descriptor.id,
@@ -118,68 +138,126 @@ impl Pipeline {
             text_encoder,
             unet,
             vae_decoder,
+            vae_encoder,
             max_batch: options.max_batch.get(),
-            sampler: SamplerKind::Euler,
         })
     }
 
-    /// Runs one generation, optionally from explicit initial latents (diffusers' `latents=`).
-    ///
-    /// `initial_latents` is unit-variance noise of shape `[images, channels, height / f,
-    /// width / f]` (f = the VAE factor); like diffusers, the pipeline multiplies it by the
-    /// sampler's initial σ. Without it, each image's noise comes from its seed.
-    pub fn generate_with_latents(
+    /// Runs one generation with some random draws replaced (see [`Overrides`]).
+    pub fn generate_with(
         &self,
         spec: &GenerationSpec,
-        initial_latents: Option<Array4<f32>>,
+        overrides: &Overrides,
         progress: &dyn ProgressSink,
     ) -> Result<Generation, GenerateError> {
-        self.generate_timed(spec, initial_latents, progress).map(|(generation, _)| generation)
+        self.generate_timed(spec, overrides, progress).map(|(generation, _)| generation)
     }
 
-    /// [`Pipeline::generate_with_latents`], also telling where the time went.
+    /// [`Pipeline::generate_with`], also telling where the time went.
     pub fn generate_timed(
         &self,
         spec: &GenerationSpec,
-        initial_latents: Option<Array4<f32>>,
+        overrides: &Overrides,
         progress: &dyn ProgressSink,
     ) -> Result<(Generation, Timings), GenerateError> {
+        let width = spec.width as usize;
+        let height = spec.height as usize;
+        let run = self.run(spec, overrides, progress, |pixels| to_rgb8(pixels, width, height))?;
+        let images = run
+            .images
+            .into_iter()
+            .zip(&spec.seeds)
+            .map(|(rgb, &seed)| GeneratedImage { width: spec.width, height: spec.height, seed, rgb })
+            .collect();
+        Ok((Generation { images, warnings: run.warnings, unet_calls: run.unet_calls }, run.timings))
+    }
+
+    /// The decoded images before 8-bit quantization: `[height, width, 3]` in [0, 1], exactly
+    /// what diffusers' pipelines return with `output_type="np"`. For parity checks.
+    pub fn generate_unit_pixels(
+        &self,
+        spec: &GenerationSpec,
+        overrides: &Overrides,
+    ) -> Result<(Vec<Array3<f32>>, Generation), GenerateError> {
+        let (width, height) = (spec.width as usize, spec.height as usize);
+        let run =
+            self.run(spec, overrides, &easel_core::generator::NoProgress, |pixels| to_unit_hwc(pixels, width, height))?;
+        let generation = Generation { images: Vec::new(), warnings: run.warnings, unet_calls: run.unet_calls };
+        Ok((run.images, generation))
+    }
+
+    /// The sampler a spec runs with.
+    pub fn sampler_for(&self, spec: &GenerationSpec) -> SamplerKind {
+        spec.sampler.unwrap_or(self.folder.default_sampler)
+    }
+
+    /// Validation, text encoding, denoising and decoding; `convert` turns each decoded planar
+    /// `[3, H, W]` image into the caller's output.
+    fn run<T>(
+        &self,
+        spec: &GenerationSpec,
+        overrides: &Overrides,
+        progress: &dyn ProgressSink,
+        convert: impl Fn(&[f32]) -> T,
+    ) -> Result<Run<T>, GenerateError> {
         let started = Instant::now();
         let mut timings = Timings::default();
         let mut warnings = Vec::new();
         let plan = self.validate(spec)?;
+        let choice = SamplerChoice { kind: self.sampler_for(spec), karras: spec.karras };
+        let sampler_error =
+            |message: String| GenerateError::InvalidRequest(format!("sampler {}: {message}", choice.kind));
 
-        // One sampler per chunk of images: multistep samplers keep per-image history.
-        let mut chunks = chunk_sizes(plan.images, self.max_batch)
-            .into_iter()
-            .map(|images| {
-                let sampler = build_sampler(self.sampler, &self.folder.scheduler, spec.steps as usize)?;
-                Ok(Chunk { images, sampler })
-            })
-            .collect::<Result<Vec<Chunk>, String>>()
-            .map_err(GenerateError::InvalidRequest)?;
+        // One sampler (and one noise source) per chunk of images: multistep samplers keep
+        // per-image history, and each image's noise comes from its own seed.
+        let mut chunks = Vec::new();
+        let mut first_image = 0;
+        for images in chunk_sizes(plan.images, self.max_batch) {
+            let sampler = build_sampler(choice, &self.folder.scheduler, spec.steps as usize).map_err(sampler_error)?;
+            let seeds = &spec.seeds[first_image..first_image + images];
+            let noise = match &overrides.step_noise {
+                None => ChunkNoise::Seeded(SeededNoise::new(seeds)),
+                Some(draws) => ChunkNoise::Replay(replay_slice(draws, first_image, images, &plan)?),
+            };
+            chunks.push(Chunk { images, sampler, noise });
+            first_image += images;
+        }
         let Some(first) = chunks.first().map(|chunk| &chunk.sampler) else {
             return Err(GenerateError::InvalidRequest("seeds must name at least one image".to_owned()));
         };
         if matches!(self.unet.timestep_type, TimestepType::Int(_)) && first.timesteps().iter().any(|t| t.fract() != 0.0)
         {
+            if matches!(choice.kind, SamplerKind::Dpm2 | SamplerKind::Dpm2Ancestral | SamplerKind::DpmPp2sAncestral) {
+                return Err(sampler_error(
+                    "this model's UNet takes integer timesteps, and this sampler evaluates it between them \
+                     (at interpolated σs); use K_EULER, K_HEUN, K_LMS, DDIM or K_DPMPP_2M"
+                        .to_owned(),
+                ));
+            }
             warnings
                 .push("this UNet takes integer timesteps; the schedule's fractional timesteps were rounded".to_owned());
         }
 
-        let mut latents = self.initial_latents(spec, &plan, initial_latents)?;
-        let init_noise_sigma = first.init_noise_sigma();
-        for value in &mut latents {
-            *value *= init_noise_sigma;
-        }
+        let noise = self.initial_latents(spec, &plan, overrides.latents.as_ref())?;
+        let (mut latents, begin) = match &spec.init_image {
+            None => {
+                let init_noise_sigma = first.init_noise_sigma();
+                (noise.into_iter().map(|value| value * init_noise_sigma).collect(), 0)
+            }
+            Some(_) => self.img2img_latents(spec, &plan, noise, &chunks, &mut timings)?,
+        };
         let text = self.encode_text(spec, plan.guided(), &mut warnings, &mut timings)?;
-        let unet_calls = self.denoise(&mut latents, &text, &mut chunks, &plan, progress, &mut timings)?;
-        let images = self.decode(&latents, spec, &plan, progress, &mut timings)?;
+        let unet_calls = self.denoise(&mut latents, begin, &text, &mut chunks, &plan, progress, &mut timings)?;
+        if let Some(problem) = chunks.iter().find_map(|chunk| chunk.noise.problem()) {
+            return Err(GenerateError::InvalidRequest(format!("step_noise: {problem}")));
+        }
+        let images = self.decode(&latents, &plan, progress, &mut timings, convert)?;
 
         timings.total = started.elapsed();
         tracing::debug!(
             images = images.len(),
             steps = spec.steps,
+            sampler = %choice.kind,
             unet_calls,
             text_encoder_ms = timings.text_encoder.as_millis() as u64,
             unet_ms = timings.unet.as_millis() as u64,
@@ -187,7 +265,92 @@ impl Pipeline {
             total_ms = timings.total.as_millis() as u64,
             "generation finished"
         );
-        Ok((Generation { images, warnings, unet_calls }, timings))
+        Ok(Run { images, warnings, unet_calls, timings })
+    }
+
+    /// img2img's starting point, as diffusers' `StableDiffusionImg2ImgPipeline` makes it: the
+    /// init image (resized to the request's size) is encoded, its latent distribution sampled
+    /// with each image's own noise and scaled; the sampler's schedule is entered at
+    /// `t_start = steps − ⌊steps · strength⌋` and the latents noised to that level with the
+    /// image's initial noise. Returns the latents and the first evaluation index.
+    fn img2img_latents(
+        &self,
+        spec: &GenerationSpec,
+        plan: &Plan,
+        noise: Vec<f32>,
+        chunks: &[Chunk],
+        timings: &mut Timings,
+    ) -> Result<(Vec<f32>, usize), GenerateError> {
+        let invalid = |m: String| GenerateError::InvalidRequest(m);
+        let Some(init) = &spec.init_image else { return Ok((noise, 0)) };
+        if !(spec.strength > 0.0 && spec.strength <= 1.0) {
+            return Err(invalid(format!("strength must be greater than 0 and at most 1 (got {})", spec.strength)));
+        }
+        let Some(encoder) = &self.vae_encoder else {
+            return Err(invalid("init_image: this model has no vae_encoder, so it cannot start from an image".into()));
+        };
+        if init.rgb.len() != init.width as usize * init.height as usize * 3 || init.width == 0 || init.height == 0 {
+            return Err(invalid("init_image: the pixel buffer does not match its size".to_owned()));
+        }
+        let steps = spec.steps as usize;
+        let init_timestep = ((steps as f64 * f64::from(spec.strength)) as usize).min(steps);
+        if init_timestep == 0 {
+            return Err(invalid(format!(
+                "strength {} with {steps} steps leaves no denoising step; raise strength or steps",
+                spec.strength
+            )));
+        }
+        let t_start = steps - init_timestep;
+
+        // [0, 255] → [−1, 1], planar.
+        let image = init.resized(spec.width, spec.height);
+        let plane = plan.width * plan.height;
+        let mut pixels = vec![0.0f32; 3 * plane];
+        for (i, rgb) in image.rgb.chunks_exact(3).enumerate() {
+            for (c, &v) in rgb.iter().enumerate() {
+                pixels[c * plane + i] = f32::from(v) / 255.0 * 2.0 - 1.0;
+            }
+        }
+        let encode_started = Instant::now();
+        let encoded =
+            encoder.encode(&pixels, [1, 3, plan.height, plan.width], [plan.latent_height, plan.latent_width])?;
+        timings.vae_decoder += encode_started.elapsed();
+
+        let per_image = plan.latent_len();
+        let scaling = self.folder.vae.scaling_factor;
+        let mut latents = vec![0.0f32; noise.len()];
+        let mut offset = 0;
+        for chunk in chunks {
+            let begin = t_start * chunk.sampler.order();
+            if begin >= chunk.sampler.timesteps().len() {
+                return Err(invalid(format!("strength {} leaves no denoising step with this sampler", spec.strength)));
+            }
+            for image_index in offset..offset + chunk.images {
+                let seed = spec.seeds[image_index];
+                let range = image_index * per_image..(image_index + 1) * per_image;
+                let mut clean = vec![0.0f32; per_image];
+                match encoder.output {
+                    EncoderOutput::Sample => {
+                        for (c, &v) in clean.iter_mut().zip(&encoded) {
+                            *c = v * scaling;
+                        }
+                    }
+                    EncoderOutput::Parameters => {
+                        // latent_dist.sample(): mean + exp(½·clamp(logvar, −30, 20))·ε.
+                        let (mean, logvar) = encoded.split_at(per_image);
+                        let mut eps = vec![0.0f32; per_image];
+                        crate::latents::posterior_noise(seed, &mut eps);
+                        for (((c, &m), &lv), &e) in clean.iter_mut().zip(mean).zip(logvar).zip(&eps) {
+                            let std = (0.5 * lv.clamp(-30.0, 20.0)).exp();
+                            *c = (m + std * e) * scaling;
+                        }
+                    }
+                }
+                chunk.sampler.add_noise(begin, &clean, &noise[range.clone()], &mut latents[range]);
+            }
+            offset += chunk.images;
+        }
+        Ok((latents, t_start * chunks.first().map_or(1, |chunk| chunk.sampler.order())))
     }
 
     /// Tokenizes and encodes the prompts: `[negative, prompt]` under guidance, `[prompt]` without.
@@ -231,9 +394,11 @@ impl Pipeline {
     /// The denoising loop: every step, every chunk of images goes through the UNet once (with
     /// its unconditional and conditional rows together under guidance), then its sampler. Returns
     /// the number of UNet calls. All buffers are allocated once, for the largest chunk.
+    #[allow(clippy::too_many_arguments)]
     fn denoise(
         &self,
         latents: &mut [f32],
+        begin: usize,
         text: &TextStates,
         chunks: &mut [Chunk],
         plan: &Plan,
@@ -252,12 +417,13 @@ impl Pipeline {
         let timesteps = chunks.first().map(|chunk| chunk.sampler.timesteps().to_vec()).unwrap_or_default();
 
         let mut unet_calls = 0u32;
-        for (index, &timestep) in timesteps.iter().enumerate() {
+        let total = (timesteps.len() - begin.min(timesteps.len())) as u32;
+        for (index, &timestep) in timesteps.iter().enumerate().skip(begin) {
             if progress.cancelled() {
                 return Err(GenerateError::Cancelled);
             }
             let mut offset = 0;
-            for (Chunk { images: k, sampler }, states) in chunks.iter_mut().zip(&chunk_states) {
+            for (Chunk { images: k, sampler, noise }, states) in chunks.iter_mut().zip(&chunk_states) {
                 let len = *k * per_image;
                 let rows = rows_per_image * *k;
                 let x = &mut latents[offset..offset + len];
@@ -285,41 +451,40 @@ impl Pipeline {
                 if guided {
                     // noise = uncond + g·(cond − uncond), in diffusers' float32 operation order.
                     let (uncond, cond) = output.split_at(len);
-                    let noise = &mut guided_noise[..len];
-                    for ((n, &u), &c) in noise.iter_mut().zip(uncond).zip(cond) {
+                    for ((n, &u), &c) in guided_noise[..len].iter_mut().zip(uncond).zip(cond) {
                         *n = u + plan.guidance * (c - u);
                     }
-                    sampler.step(index, noise, x);
+                    sampler.step(index, &guided_noise[..len], x, noise.source());
                 } else {
-                    sampler.step(index, output, x);
+                    sampler.step(index, output, x, noise.source());
                 }
             }
-            progress.step(index as u32 + 1, timesteps.len() as u32);
+            progress.step((index - begin) as u32 + 1, total);
         }
         Ok(unet_calls)
     }
 
-    /// Decodes the latents to 8-bit RGB, one image at a time.
+    /// Decodes the latents, one image at a time, converting each with `convert`.
     ///
     /// One at a time, as diffusers' ONNX pipeline does: its authors saw wrong results from
     /// half-precision VAE decoders at batch > 1, and one 1024² SD decode already needs gigabytes
     /// of activations, which a batch would multiply. The cancellation flag is checked between
     /// images, since each decode can take seconds.
-    fn decode(
+    fn decode<T>(
         &self,
         latents: &[f32],
-        spec: &GenerationSpec,
         plan: &Plan,
         progress: &dyn ProgressSink,
         timings: &mut Timings,
-    ) -> Result<Vec<GeneratedImage>, GenerateError> {
+        convert: impl Fn(&[f32]) -> T,
+    ) -> Result<Vec<T>, GenerateError> {
         let per_image = plan.latent_len();
         let scaling = self.folder.vae.scaling_factor;
         let latent_shape = [1, plan.channels, plan.latent_height, plan.latent_width];
         let image_shape = [1, 3, plan.height, plan.width];
         let mut scaled = vec![0.0f32; per_image];
         let mut images = Vec::with_capacity(plan.images);
-        for (seed, image_latents) in spec.seeds.iter().zip(latents.chunks_exact(per_image)) {
+        for image_latents in latents.chunks_exact(per_image) {
             if progress.cancelled() {
                 return Err(GenerateError::Cancelled);
             }
@@ -328,12 +493,12 @@ impl Pipeline {
             }
             let decode_started = Instant::now();
             let mut decode_time = Duration::ZERO;
-            let rgb = self.vae_decoder.decode(&scaled, latent_shape, image_shape, |pixels| {
+            let image = self.vae_decoder.decode(&scaled, latent_shape, image_shape, |pixels| {
                 decode_time = decode_started.elapsed();
-                to_rgb8(pixels, plan.width, plan.height)
+                convert(pixels)
             })?;
             timings.vae_decoder += decode_time;
-            images.push(GeneratedImage { width: spec.width, height: spec.height, seed: *seed, rgb });
+            images.push(image);
         }
         Ok(images)
     }
@@ -376,7 +541,7 @@ impl Pipeline {
         &self,
         spec: &GenerationSpec,
         plan: &Plan,
-        given: Option<Array4<f32>>,
+        given: Option<&Array4<f32>>,
     ) -> Result<Vec<f32>, GenerateError> {
         let per_image = plan.latent_len();
         let Some(given) = given else {
@@ -397,11 +562,7 @@ impl Pipeline {
         if given.iter().any(|v| !v.is_finite()) {
             return Err(GenerateError::InvalidRequest("latents must be finite (found NaN or infinity)".to_owned()));
         }
-        // Standard layout gives the data in row-major order without a copy; other layouts are copied.
-        Ok(match given.is_standard_layout() {
-            true => given.into_raw_vec_and_offset().0,
-            false => given.iter().copied().collect(),
-        })
+        Ok(given.iter().copied().collect())
     }
 }
 
@@ -411,7 +572,7 @@ impl Generator for Pipeline {
     }
 
     fn generate(&self, spec: &GenerationSpec, progress: &dyn ProgressSink) -> Result<Generation, GenerateError> {
-        self.generate_with_latents(spec, None, progress)
+        self.generate_with(spec, &Overrides::default(), progress)
     }
 }
 
@@ -464,11 +625,68 @@ impl Plan {
     }
 }
 
-/// Up to `max_batch` images denoised together, with their sampler.
+/// Up to `max_batch` images denoised together, with their sampler and noise.
 #[derive(Debug)]
 struct Chunk {
     images: usize,
     sampler: Box<dyn Sampler>,
+    noise: ChunkNoise,
+}
+
+/// Where a chunk's sampler noise comes from.
+#[derive(Debug)]
+enum ChunkNoise {
+    Seeded(SeededNoise),
+    Replay(ReplayNoise),
+}
+
+impl ChunkNoise {
+    fn source(&mut self) -> &mut dyn StepNoise {
+        match self {
+            ChunkNoise::Seeded(noise) => noise,
+            ChunkNoise::Replay(noise) => noise,
+        }
+    }
+
+    fn problem(&self) -> Option<String> {
+        match self {
+            ChunkNoise::Seeded(_) => None,
+            ChunkNoise::Replay(noise) => noise.problem(),
+        }
+    }
+}
+
+/// One generation's output before it is packaged for the caller.
+struct Run<T> {
+    images: Vec<T>,
+    warnings: Vec<String>,
+    unet_calls: u32,
+    timings: Timings,
+}
+
+/// The rows `first..first + images` of every recorded draw, checked against the plan's shape.
+fn replay_slice(draws: &[Array4<f32>], first: usize, images: usize, plan: &Plan) -> Result<ReplayNoise, GenerateError> {
+    let expected = [plan.images, plan.channels, plan.latent_height, plan.latent_width];
+    let mut slices = Vec::with_capacity(draws.len());
+    for (i, draw) in draws.iter().enumerate() {
+        if draw.shape() != expected {
+            return Err(GenerateError::InvalidRequest(format!(
+                "step_noise[{i}] must have shape {expected:?}; got {:?}",
+                draw.shape()
+            )));
+        }
+        if draw.iter().any(|v| !v.is_finite()) {
+            return Err(GenerateError::InvalidRequest(format!("step_noise[{i}] must be finite")));
+        }
+        slices.push(
+            draw.outer_iter()
+                .skip(first)
+                .take(images)
+                .flat_map(|image| image.iter().copied().collect::<Vec<_>>())
+                .collect(),
+        );
+    }
+    Ok(ReplayNoise::new(slices))
 }
 
 /// Splits `images` into chunks of at most `max_batch`, as evenly as possible (5 by 4 → 3 + 2,
@@ -490,7 +708,7 @@ fn describe(folder: &ModelFolder, options: &PipelineOptions) -> Result<ModelDesc
             format!("image sides must be multiples of {multiple}, above the configured max side {}", options.max_side),
         ));
     }
-    let max_steps = options.max_steps.min(u32::try_from(folder.scheduler.num_train_timesteps).unwrap_or(u32::MAX));
+    let max_steps = options.max_steps.min(u32::try_from(folder.num_train_timesteps).unwrap_or(u32::MAX));
     let manifest = &folder.manifest;
     let native = folder.unet.sample_size * folder.vae.factor;
     let descriptor = ModelDescriptor {
@@ -503,7 +721,7 @@ fn describe(folder: &ModelFolder, options: &PipelineOptions) -> Result<ModelDesc
         size_multiple: multiple,
         max_steps,
         max_side,
-        default_sampler: SamplerKind::Euler.api_name().to_owned(),
+        default_sampler: folder.default_sampler.api_name().to_owned(),
     };
     if descriptor.default_steps == 0 || descriptor.default_steps > max_steps {
         return Err(LoadError::invalid(manifest_path, format!("default_steps must be between 1 and {max_steps}")));

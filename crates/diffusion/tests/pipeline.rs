@@ -128,8 +128,20 @@ fn an_empty_prompt_generates_rather_than_panics() {
 fn explicit_latents_replace_the_seeded_noise() {
     let shape = (1, 4, 256 / 8, 256 / 8);
     let latents = Array4::from_shape_fn(shape, |(_, c, y, x)| ((c * 31 + y * 7 + x) as f32 * 0.37).sin());
-    let a = pipeline().generate_with_latents(&spec(&[1]), Some(latents.clone()), &NoProgress).unwrap();
-    let b = pipeline().generate_with_latents(&spec(&[2]), Some(latents), &NoProgress).unwrap();
+    let a = pipeline()
+        .generate_with(
+            &spec(&[1]),
+            &easel_diffusion::Overrides { latents: Some(latents.clone()), step_noise: None },
+            &NoProgress,
+        )
+        .unwrap();
+    let b = pipeline()
+        .generate_with(
+            &spec(&[2]),
+            &easel_diffusion::Overrides { latents: Some(latents), step_noise: None },
+            &NoProgress,
+        )
+        .unwrap();
     assert_eq!(a.images[0].rgb, b.images[0].rgb, "the seed must not matter once latents are given");
     let seeded = pipeline().generate(&spec(&[1]), &NoProgress).unwrap();
     assert_ne!(a.images[0].rgb, seeded.images[0].rgb);
@@ -138,11 +150,19 @@ fn explicit_latents_replace_the_seeded_noise() {
 #[test]
 fn explicit_latents_of_the_wrong_shape_or_with_nan_are_refused() {
     let wrong = Array4::<f32>::zeros((1, 4, 16, 32));
-    let message = invalid_message(pipeline().generate_with_latents(&spec(&[1]), Some(wrong), &NoProgress));
+    let message = invalid_message(pipeline().generate_with(
+        &spec(&[1]),
+        &easel_diffusion::Overrides { latents: Some(wrong), step_noise: None },
+        &NoProgress,
+    ));
     assert!(message.contains("latents") && message.contains("[1, 4, 32, 32]"), "{message}");
     let mut nan = Array4::<f32>::zeros((1, 4, 32, 32));
     nan[[0, 2, 3, 4]] = f32::NAN;
-    let message = invalid_message(pipeline().generate_with_latents(&spec(&[1]), Some(nan), &NoProgress));
+    let message = invalid_message(pipeline().generate_with(
+        &spec(&[1]),
+        &easel_diffusion::Overrides { latents: Some(nan), step_noise: None },
+        &NoProgress,
+    ));
     assert!(message.contains("finite"), "{message}");
 }
 

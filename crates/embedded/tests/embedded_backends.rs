@@ -25,6 +25,7 @@ fn task(idempotency_key: Option<&str>) -> Task {
             height: 64,
             steps: None,
             guidance: None,
+            sampler: None,
             seeds: vec![1],
         },
         None,

@@ -6,9 +6,9 @@
 //! `x ← x + d·(σᵢ₊₁ − σ)`. All elementwise math is float32 with the same operations in the same
 //! order as diffusers' torch code, so given the same UNet outputs the latents agree bit for bit.
 
-use super::Sampler;
 use super::config::{PredictionType, SchedulerConfig};
 use super::schedule::{DiscreteSchedule, TrainingSigmas};
+use super::{Sampler, StepNoise, add_sigma_noise, scale_by_sigma};
 
 #[derive(Debug, Clone)]
 pub(crate) struct EulerDiscrete {
@@ -20,7 +20,7 @@ pub(crate) struct EulerDiscrete {
 impl EulerDiscrete {
     pub fn new(config: &SchedulerConfig, steps: usize) -> Result<Self, String> {
         let training = TrainingSigmas::new(config);
-        let schedule = DiscreteSchedule::new(config, &training, steps)?;
+        let schedule = DiscreteSchedule::new(config, &training, steps, false)?;
         let init_noise_sigma = schedule.init_noise_sigma(config.timestep_spacing);
         Ok(EulerDiscrete { schedule, init_noise_sigma, prediction: config.prediction_type })
     }
@@ -41,14 +41,14 @@ impl Sampler for EulerDiscrete {
     }
 
     fn scale_model_input(&self, index: usize, sample: &[f32], out: &mut [f32]) {
-        let sigma = self.schedule.sigmas[index];
-        let scale = (sigma * sigma + 1.0).sqrt();
-        for (o, &x) in out.iter_mut().zip(sample) {
-            *o = x / scale;
-        }
+        scale_by_sigma(self.schedule.sigmas[index], sample, out);
     }
 
-    fn step(&mut self, index: usize, model_output: &[f32], sample: &mut [f32]) {
+    fn add_noise(&self, index: usize, original: &[f32], noise: &[f32], out: &mut [f32]) {
+        add_sigma_noise(self.schedule.sigmas[index], original, noise, out);
+    }
+
+    fn step(&mut self, index: usize, model_output: &[f32], sample: &mut [f32], _noise: &mut dyn StepNoise) {
         let sigma = self.schedule.sigmas[index];
         // s_churn = 0 ⇒ γ = 0 ⇒ σ̂ = σ·(γ + 1) = σ.
         let sigma_hat = sigma;

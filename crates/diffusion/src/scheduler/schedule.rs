@@ -43,13 +43,23 @@ impl TrainingSigmas {
         TrainingSigmas { alphas_cumprod, sigmas }
     }
 
-    #[cfg(test)]
+    /// σ of every training timestep (float32, ascending in t).
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }
 
+    /// ᾱ of every training timestep (float32).
+    pub fn alphas_cumprod(&self) -> &[f32] {
+        &self.alphas_cumprod
+    }
+
+    /// `np.log(σ)` of the table, float32 like diffusers' `log_sigmas`.
+    pub fn log_sigmas(&self) -> Vec<f32> {
+        self.sigmas.iter().map(|s| s.ln()).collect()
+    }
+
     /// `np.interp(t, arange(T), σ)`, in float64 like numpy; `t` outside [0, T−1] clamps.
-    fn interp(&self, t: f64) -> f64 {
+    pub fn interp(&self, t: f64) -> f64 {
         let table = &self.sigmas;
         let last = table.len() - 1;
         if t.is_nan() {
@@ -74,7 +84,7 @@ impl TrainingSigmas {
 
     /// diffusers' `_sigma_to_t`: the fractional timestep whose log σ linearly interpolates to
     /// `log σ` between its two neighbours in the training table.
-    fn sigma_to_t(&self, sigma: f64, log_sigmas: &[f32]) -> f64 {
+    pub fn sigma_to_t(&self, sigma: f64, log_sigmas: &[f32]) -> f64 {
         let log_sigma = sigma.max(1e-10).ln();
         // The last index whose log σ is ≤ log_sigma (0 when there is none), kept off the end.
         let low =
@@ -94,8 +104,15 @@ pub(crate) struct DiscreteSchedule {
 }
 
 impl DiscreteSchedule {
-    /// `EulerDiscreteScheduler.set_timesteps(steps)`. `steps` must be in 1..=num_train_timesteps.
-    pub fn new(config: &SchedulerConfig, training: &TrainingSigmas, steps: usize) -> Result<Self, String> {
+    /// `EulerDiscreteScheduler.set_timesteps(steps)` (and that of the other σ-space classes,
+    /// which differ only in rounding Karras timesteps: `round_karras` for the KDPM2 classes).
+    /// `steps` must be in 1..=num_train_timesteps.
+    pub fn new(
+        config: &SchedulerConfig,
+        training: &TrainingSigmas,
+        steps: usize,
+        round_karras: bool,
+    ) -> Result<Self, String> {
         let train = config.num_train_timesteps;
         if steps == 0 || steps > train {
             return Err(format!("steps must be between 1 and {train} (got {steps})"));
@@ -105,8 +122,17 @@ impl DiscreteSchedule {
 
         let (timesteps, mut sigmas): (Vec<f32>, Vec<f64>) = if config.use_karras_sigmas {
             let log_sigmas: Vec<f32> = training.sigmas.iter().map(|s| s.ln()).collect();
-            let sigmas = karras_sigmas(&interpolated, config.sigma_min, config.sigma_max);
-            let timesteps = sigmas.iter().map(|&s| training.sigma_to_t(s, &log_sigmas) as f32).collect();
+            let n = interpolated.len();
+            let sigma_min = config.sigma_min.unwrap_or(interpolated[n - 1]);
+            let sigma_max = config.sigma_max.unwrap_or(interpolated[0]);
+            let sigmas = karras_sigmas(n, sigma_min, sigma_max);
+            let timesteps = sigmas
+                .iter()
+                .map(|&s| {
+                    let t = training.sigma_to_t(s, &log_sigmas);
+                    (if round_karras { t.round_ties_even() } else { t }) as f32
+                })
+                .collect();
             (timesteps, sigmas)
         } else {
             (spaced, interpolated)
@@ -138,7 +164,7 @@ impl DiscreteSchedule {
 /// `arange(T, 0, −T/n)` yields n + 1 values because `T / (T/n)` rounds above n, and diffusers then
 /// runs an extra step at timestep −1. Here the first n of those values are kept: identical
 /// timesteps, no extra step.
-fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f32> {
+pub(crate) fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f32> {
     let train = config.num_train_timesteps;
     match config.timestep_spacing {
         TimestepSpacing::Linspace => {
@@ -167,11 +193,8 @@ fn spaced_timesteps(config: &SchedulerConfig, steps: usize) -> Vec<f32> {
     }
 }
 
-/// `_convert_to_karras`: σs evenly spaced in σ^(1/ρ) between the schedule's ends.
-fn karras_sigmas(interpolated: &[f64], sigma_min: Option<f64>, sigma_max: Option<f64>) -> Vec<f64> {
-    let n = interpolated.len();
-    let sigma_min = sigma_min.unwrap_or(interpolated[n - 1]);
-    let sigma_max = sigma_max.unwrap_or(interpolated[0]);
+/// `_convert_to_karras`: `n` σs evenly spaced in σ^(1/ρ) from `sigma_max` down to `sigma_min`.
+pub(crate) fn karras_sigmas(n: usize, sigma_min: f64, sigma_max: f64) -> Vec<f64> {
     let min_inv_rho = sigma_min.powf(1.0 / KARRAS_RHO);
     let max_inv_rho = sigma_max.powf(1.0 / KARRAS_RHO);
     linspace_f64(0.0, 1.0, n)
@@ -181,7 +204,7 @@ fn karras_sigmas(interpolated: &[f64], sigma_min: Option<f64>, sigma_max: Option
 }
 
 /// `np.linspace(start, end, n)` in float64.
-fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
+pub(crate) fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
     if n == 1 {
         return vec![start];
     }
@@ -253,6 +276,46 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     }
     let bar: Vec<f32> = bar_sqrt.iter().map(|v| v * v).collect();
     std::iter::once(bar[0]).chain(bar.windows(2).map(|w| w[1] / w[0])).map(|a| 1.0 - a).collect()
+}
+
+/// The integer timesteps of `DDIMScheduler` / `DDPMScheduler.set_timesteps(steps)`, highest
+/// first. Errors when the spacing and `steps_offset` would index past the training table (where
+/// diffusers raises an IndexError mid-generation).
+pub(crate) fn integer_timesteps(config: &SchedulerConfig, steps: usize) -> Result<Vec<usize>, String> {
+    let train = config.num_train_timesteps;
+    if steps == 0 || steps > train {
+        return Err(format!("steps must be between 1 and {train} (got {steps})"));
+    }
+    let timesteps: Vec<usize> = match config.timestep_spacing {
+        // np.linspace(0, T − 1, n).round()[::-1]
+        TimestepSpacing::Linspace => linspace_f64(0.0, (train - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(|t| t.round_ties_even() as usize)
+            .collect(),
+        TimestepSpacing::Leading => {
+            let ratio = train / steps;
+            (0..steps).rev().map(|i| i * ratio + config.steps_offset).collect()
+        }
+        TimestepSpacing::Trailing => {
+            let start = train as f64;
+            let delta = (start - start / steps as f64) - start;
+            (0..steps).map(|i| ((start + i as f64 * delta).round_ties_even() as usize).saturating_sub(1)).collect()
+        }
+    };
+    check_in_table(&timesteps, train)?;
+    Ok(timesteps)
+}
+
+/// Refuses timesteps past the training table, naming the cause.
+pub(crate) fn check_in_table(timesteps: &[usize], train: usize) -> Result<(), String> {
+    match timesteps.iter().find(|&&t| t >= train) {
+        Some(t) => Err(format!(
+            "this many steps with the model's timestep spacing and steps_offset reach timestep {t}, past the \
+             {train} training timesteps; use fewer steps"
+        )),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

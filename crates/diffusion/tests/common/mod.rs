@@ -56,6 +56,10 @@ pub fn spec(seeds: &[u64]) -> GenerationSpec {
         steps: 4,
         guidance: 7.5,
         seeds: seeds.to_vec(),
+        sampler: None,
+        karras: None,
+        init_image: None,
+        strength: 1.0,
     }
 }
 
