@@ -69,7 +69,8 @@ impl ModelFolder {
 
         let scheduler_path = root.join("scheduler").join("scheduler_config.json");
         let scheduler =
-            SchedulerFile::new(read_json(&scheduler_path, "the scheduler config (diffusers' scheduler_config.json)")?);
+            SchedulerFile::new(read_json(&scheduler_path, "the scheduler config (diffusers' scheduler_config.json)")?)
+                .with_stable_diffusion_fixups();
         let manifest = Manifest::read(root)?;
         let default_sampler = match &manifest.default_sampler {
             Some(name) => name
@@ -427,7 +428,7 @@ mod tests {
     #[test]
     fn a_scheduler_value_of_the_wrong_type_names_the_file() {
         let dir = minimal_folder();
-        write(dir.path(), "scheduler/scheduler_config.json", r#"{"steps_offset": "one"}"#);
+        write(dir.path(), "scheduler/scheduler_config.json", r#"{"beta_start": "tiny"}"#);
         let err = ModelFolder::read(dir.path()).unwrap_err();
         assert!(matches!(&err, LoadError::Invalid { path, .. } if path.ends_with("scheduler_config.json")), "{err}");
         write(dir.path(), "scheduler/scheduler_config.json", "not json");

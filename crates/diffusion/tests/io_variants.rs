@@ -9,7 +9,7 @@ mod common;
 
 use std::path::Path;
 
-use easel_core::generator::{GeneratedImage, GenerationSpec, Generator, NoProgress};
+use easel_core::generator::{GeneratedImage, GenerationSpec, Generator, InitImage, NoProgress, SamplerKind};
 use easel_diffusion::{LoadError, Pipeline};
 
 fn variants() -> std::path::PathBuf {
@@ -98,4 +98,28 @@ fn an_sdxl_style_unet_is_refused_at_load_naming_the_extra_input() {
     let err = load_error("text_encoder_int64.onnx", "unet_sdxl_extra_input.onnx");
     assert!(matches!(err, LoadError::Unsupported { .. }), "{err:?}");
     assert!(err.to_string().contains("text_embeds"), "{err}");
+}
+
+#[test]
+fn an_integer_timestep_unet_refuses_samplers_that_evaluate_between_timesteps() {
+    let dir = folder("text_encoder_int64.onnx", "unet_int64_batch.onnx");
+    let pipeline = Pipeline::load(common::runtime(), dir.path(), &common::options()).unwrap();
+    for sampler in [SamplerKind::Dpm2, SamplerKind::Dpm2Ancestral, SamplerKind::DpmPp2sAncestral] {
+        let spec = GenerationSpec { width: 64, height: 64, steps: 4, sampler: Some(sampler), ..common::spec(&[1]) };
+        let err = pipeline.generate(&spec, &NoProgress).unwrap_err().to_string();
+        assert!(err.contains("integer timesteps") && err.contains(sampler.api_name()), "{err}");
+    }
+    let spec =
+        GenerationSpec { width: 64, height: 64, steps: 4, sampler: Some(SamplerKind::Ddim), ..common::spec(&[1]) };
+    assert!(pipeline.generate(&spec, &NoProgress).is_ok(), "DDIM's timesteps are whole");
+}
+
+#[test]
+fn a_model_without_a_vae_encoder_refuses_img2img() {
+    let dir = folder("text_encoder_int64.onnx", "unet_float_scalar.onnx");
+    let pipeline = Pipeline::load(common::runtime(), dir.path(), &common::options()).unwrap();
+    let init = InitImage { width: 8, height: 8, rgb: vec![128; 8 * 8 * 3] };
+    let spec = GenerationSpec { width: 64, height: 64, init_image: Some(init), strength: 0.5, ..common::spec(&[1]) };
+    let err = pipeline.generate(&spec, &NoProgress).unwrap_err().to_string();
+    assert!(err.contains("vae_encoder"), "{err}");
 }

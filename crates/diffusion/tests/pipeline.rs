@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Recorder, pipeline, spec};
-use easel_core::generator::{GenerateError, Generator, NoProgress};
+use easel_core::generator::{GenerateError, GenerationSpec, Generator, InitImage, NoProgress, SamplerKind};
 use easel_diffusion::{LoadError, Pipeline, PipelineOptions};
 use ndarray::Array4;
 
@@ -251,5 +251,104 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }
+    }
+}
+
+#[test]
+fn every_sampler_gives_a_seed_the_same_image_alone_and_in_a_batch() {
+    for sampler in SamplerKind::ALL {
+        let with = |seeds: &[u64]| GenerationSpec { width: 128, height: 128, sampler: Some(sampler), ..spec(seeds) };
+        let alone = pipeline().generate(&with(&[77]), &NoProgress).unwrap();
+        let batch = pipeline().generate(&with(&[11, 77]), &NoProgress).unwrap();
+        assert_eq!(alone.images[0].rgb, batch.images[1].rgb, "{sampler}");
+        assert_ne!(batch.images[0].rgb, batch.images[1].rgb, "{sampler}");
+    }
+}
+
+#[test]
+fn samplers_give_different_images_and_report_what_they_cost() {
+    // Four steps: two-evaluation samplers make 2N − 1 UNet calls; PNDM on this config (no
+    // skip_prk_steps) runs twelve Runge-Kutta warm-up evaluations, then N − 3 PLMS ones.
+    let expected_calls = |kind: SamplerKind| match kind {
+        SamplerKind::Heun | SamplerKind::Dpm2 | SamplerKind::Dpm2Ancestral | SamplerKind::DpmPp2sAncestral => 7,
+        SamplerKind::Pndm => 13,
+        _ => 4,
+    };
+    let mut images = Vec::new();
+    for sampler in SamplerKind::ALL {
+        let request = GenerationSpec { width: 128, height: 128, sampler: Some(sampler), ..spec(&[5]) };
+        let recorder = Recorder::default();
+        let generation = pipeline().generate(&request, &recorder).unwrap();
+        assert_eq!(generation.unet_calls, expected_calls(sampler), "{sampler}");
+        let steps = recorder.steps.lock().unwrap().clone();
+        assert_eq!(steps.last(), Some(&(expected_calls(sampler), expected_calls(sampler))), "{sampler}");
+        images.push((sampler, generation.images[0].rgb.clone()));
+    }
+    for (i, (a, pixels_a)) in images.iter().enumerate() {
+        for (b, pixels_b) in &images[i + 1..] {
+            assert_ne!(pixels_a, pixels_b, "{a} and {b} gave the same image");
+        }
+    }
+}
+
+#[test]
+fn karras_sigmas_change_the_image_and_are_refused_where_they_do_not_exist() {
+    let request =
+        |karras| GenerationSpec { width: 128, height: 128, sampler: Some(SamplerKind::DpmPp2m), karras, ..spec(&[5]) };
+    let plain = pipeline().generate(&request(None), &NoProgress).unwrap();
+    let karras = pipeline().generate(&request(Some(true)), &NoProgress).unwrap();
+    assert_ne!(plain.images[0].rgb, karras.images[0].rgb);
+    let ddim = GenerationSpec { sampler: Some(SamplerKind::Ddim), ..request(Some(true)) };
+    let message = invalid_message(pipeline().generate(&ddim, &NoProgress));
+    assert!(message.contains("DDIM") && message.contains("Karras"), "{message}");
+}
+
+#[test]
+fn img2img_follows_the_init_image_more_the_lower_the_strength() {
+    // With random weights "keeping the image" cannot be judged by looks; what strength controls is
+    // how much fresh noise replaces the encoded image. So with the same seed, two different init
+    // images give clearly different outputs at strength 0.1 (only the last step, from σ ≈ 0.03)
+    // and nearly the same one at strength 1 (the image drowned in noise of σ ≈ 14.6).
+    let size = 128;
+    let sources = pipeline().generate(&GenerationSpec { width: size, height: size, ..spec(&[21, 22]) }, &NoProgress);
+    let sources = sources.unwrap().images;
+    // Smaller init images: they are resized to the requested size.
+    let inits: Vec<InitImage> = sources
+        .iter()
+        .map(|image| InitImage { width: size, height: size, rgb: image.rgb.clone() }.resized(96, 80))
+        .collect();
+    let image_influence = |strength: f32| {
+        let outputs: Vec<Vec<u8>> = inits
+            .iter()
+            .map(|init| {
+                let request = GenerationSpec {
+                    width: size,
+                    height: size,
+                    steps: 10,
+                    init_image: Some(init.clone()),
+                    strength,
+                    ..spec(&[8])
+                };
+                let generation = pipeline().generate(&request, &NoProgress).unwrap();
+                let again = pipeline().generate(&request, &NoProgress).unwrap();
+                assert_eq!(generation.images, again.images, "img2img is deterministic per seed");
+                generation.images[0].rgb.clone()
+            })
+            .collect();
+        let diff: f64 =
+            outputs[0].iter().zip(&outputs[1]).map(|(&a, &b)| f64::from((i16::from(a) - i16::from(b)).abs())).sum();
+        diff / outputs[0].len() as f64
+    };
+    let (low, high) = (image_influence(0.1), image_influence(1.0));
+    assert!(low > high * 4.0, "the init image should matter more at strength 0.1 ({low:.2}) than at 1.0 ({high:.2})");
+}
+
+#[test]
+fn img2img_strength_outside_its_range_or_leaving_no_step_is_refused() {
+    let init = InitImage { width: 64, height: 64, rgb: vec![200; 64 * 64 * 3] };
+    for (strength, words) in [(0.0, "strength must be"), (1.5, "strength must be"), (0.1, "no denoising step")] {
+        let request = GenerationSpec { init_image: Some(init.clone()), strength, ..spec(&[1]) };
+        let message = invalid_message(pipeline().generate(&request, &NoProgress));
+        assert!(message.contains(words), "{strength}: {message}");
     }
 }

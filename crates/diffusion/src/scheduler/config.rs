@@ -164,6 +164,16 @@ impl SchedulerFile {
         SchedulerFile { raw }
     }
 
+    /// What diffusers' Stable Diffusion pipelines (ONNX ones included) do to every scheduler
+    /// they are given: `steps_offset` becomes 1 and `clip_sample` false, "fixing" configs that
+    /// predate those keys (`pipeline_onnx_stable_diffusion.py`, `__init__`). Applied to the
+    /// file, they reach only the classes that have those keys, as in diffusers.
+    pub fn with_stable_diffusion_fixups(mut self) -> Self {
+        self.raw.insert("steps_offset".to_owned(), Value::from(1));
+        self.raw.insert("clip_sample".to_owned(), Value::from(false));
+        self
+    }
+
     /// `_class_name`, when present.
     pub fn class_name(&self) -> Option<&str> {
         self.raw.get("_class_name").and_then(Value::as_str)
