@@ -104,6 +104,37 @@ EASEL = dict(
     native_height=1024,
 )
 
+# `--preset small`: a random-weight model shaped like SD 1.5 (cross-attention at three of four
+# levels, two resnets per block, VAE mid-block attention) at about a fifth of its widths, large
+# enough that ONNX Runtime dominates every generation. For benchmarks; never committed
+# (about 0.5 GB). Native size 256x256.
+SMALL = dict(
+    text=dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4, projection_dim=256),
+    unet=dict(
+        sample_size=32,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        norm_num_groups=32,
+        cross_attention_dim=256,
+        attention_head_dim=8,
+    ),
+    vae=dict(sample_size=256, block_out_channels=(64, 128, 256, 256), layers_per_block=2, norm_num_groups=32,
+             mid_block_add_attention=True),
+    easel=dict(name="small-sd", description="Random-weight SD-1.5-shaped model for benchmarks (not committed).",
+               default_steps=10, native_width=256, native_height=256),
+)
+
+
+def apply_preset(name):
+    if name == "small":
+        TEXT.update(SMALL["text"])
+        UNET.update(SMALL["unet"])
+        VAE.update(SMALL["vae"])
+        EASEL.update(SMALL["easel"])
+
+
 FIXTURE_PROMPTS = [
     "a photo of an astronaut riding a horse on mars",
     "A Majestic LION, Oil Painting, TRENDING on ArtStation",
@@ -358,6 +389,8 @@ def build_models(out: Path):
             "sample": {0: "batch_size", 2: "height", 3: "width"}})
     vae.save_config(str(d))
 
+    if EASEL["name"] != "tiny-sd":
+        return fingerprints, params, {}  # the benchmark model is not verified against torch
     # Torch reference outputs, to compare with onnxruntime: other batch sizes, sequence lengths
     # and non-square sizes than the export used, to exercise the dynamic axes.
     torch.manual_seed(7)
@@ -543,7 +576,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads for timings")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-verify", action="store_true")
+    ap.add_argument("--preset", choices=("tiny", "small"), default="tiny",
+                    help="small: the SD-1.5-shaped benchmark model (use with --out .easel/models/small-sd "
+                         "--no-verify --fixture /dev/null)")
     args = ap.parse_args()
+    apply_preset(args.preset)
 
     torch.use_deterministic_algorithms(True)
     # One thread: the models are tiny, and idle OpenMP workers would otherwise spin against

@@ -2,10 +2,14 @@
 //!
 //! ```text
 //! cargo bench -p easel-diffusion --bench txt2img -- [--model DIR] [--size PX] [--steps N] [--images N]
-//!                                                   [--runs N] [--threads N]
+//!     [--runs N] [--threads N] [--sampler NAME] [--guidance G] [--prompt TEXT] [--latents FILE.npy] [--stdin]
 //! ```
 //! Defaults: the committed tiny model, 1024², the model's default steps and guidance, one image,
 //! three timed runs after one untimed warm-up run. Prints every run and the median.
+//!
+//! `--stdin` is for `infra/bench/compare.py`, which alternates easel and diffusers runs: after
+//! loading, every line read from stdin runs one generation and prints one JSON line (stage times,
+//! UNet calls, the process's peak RSS so far).
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::num::NonZeroUsize;
@@ -18,6 +22,8 @@ use easel_diffusion::{OrtRuntime, Overrides, Pipeline, PipelineOptions, Timings,
 fn main() {
     let mut model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/tiny-sd");
     let (mut size, mut steps, mut images, mut runs, mut threads) = (1024u32, None, 1usize, 3usize, None);
+    let (mut sampler, mut guidance, mut latents, mut stdin) = (None, None, None, false);
+    let mut prompt = "a photo of an astronaut riding a horse on mars".to_owned();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -28,6 +34,11 @@ fn main() {
             "--images" => images = value().parse().unwrap(),
             "--runs" => runs = value().parse().unwrap(),
             "--threads" => threads = Some(value().parse().unwrap()),
+            "--sampler" => sampler = Some(value().parse::<easel_core::generator::SamplerKind>().unwrap()),
+            "--guidance" => guidance = Some(value().parse().unwrap()),
+            "--prompt" => prompt = value(),
+            "--latents" => latents = Some(ndarray_npy::read_npy::<_, ndarray::Array4<f32>>(value()).unwrap()),
+            "--stdin" => stdin = true,
             "--bench" => {} // passed by `cargo bench`
             other => panic!("unknown argument {other}"),
         }
@@ -42,18 +53,21 @@ fn main() {
     let load = started.elapsed();
     let d = pipeline.descriptor().clone();
     let spec = GenerationSpec {
-        prompt: "a photo of an astronaut riding a horse on mars".to_owned(),
-        negative_prompt: String::new(),
-        width: size,
-        height: size,
-        steps: steps.unwrap_or(d.default_steps),
-        guidance: d.default_guidance,
         seeds: (1..=images as u64).collect(),
-        sampler: None,
-        karras: None,
-        init_image: None,
-        strength: 1.0,
+        sampler,
+        ..GenerationSpec::text_to_image(
+            prompt,
+            size,
+            size,
+            steps.unwrap_or(d.default_steps),
+            guidance.unwrap_or(d.default_guidance),
+        )
     };
+    let overrides = Overrides { latents, step_noise: None };
+    if stdin {
+        serve_stdin(&pipeline, &spec, &overrides);
+        return;
+    }
     let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
     println!(
         "model {} ({}), {size}x{size}, {} steps, guidance {}, {images} image(s), {cores} cores, load {}",
@@ -66,7 +80,7 @@ fn main() {
     pipeline.generate(&spec, &NoProgress).unwrap(); // warm-up: first-run allocations, page faults
     let mut all: Vec<Timings> = (0..runs)
         .map(|run| {
-            let (_, t) = pipeline.generate_timed(&spec, &Overrides::default(), &NoProgress).unwrap();
+            let (_, t) = pipeline.generate_timed(&spec, &overrides, &NoProgress).unwrap();
             println!("run {run}: {}", describe(&t));
             t
         })
@@ -75,6 +89,40 @@ fn main() {
     if let Some(median) = all.get(all.len() / 2) {
         println!("median: {}", describe(median));
     }
+}
+
+/// One generation per line of stdin, one JSON line of figures per generation on stdout.
+fn serve_stdin(pipeline: &Pipeline, spec: &GenerationSpec, overrides: &Overrides) {
+    use std::io::{BufRead, Write};
+    println!("{{\"ready\": true}}");
+    for line in std::io::stdin().lock().lines() {
+        if line.is_err() {
+            break;
+        }
+        let (generation, t) = pipeline.generate_timed(spec, overrides, &NoProgress).unwrap();
+        let inside = t.text_encoder + t.unet + t.vae_decoder;
+        println!(
+            "{}",
+            serde_json::json!({
+                "total_ms": t.total.as_secs_f64() * 1e3,
+                "text_encoder_ms": t.text_encoder.as_secs_f64() * 1e3,
+                "unet_ms": t.unet.as_secs_f64() * 1e3,
+                "vae_decoder_ms": t.vae_decoder.as_secs_f64() * 1e3,
+                "outside_ort_ms": t.total.saturating_sub(inside).as_secs_f64() * 1e3,
+                "unet_calls": generation.unet_calls,
+                "peak_rss_mib": peak_rss_mib(),
+            })
+        );
+        std::io::stdout().flush().unwrap();
+    }
+}
+
+/// `VmHWM` of this process, in MiB (Linux).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 fn describe(t: &Timings) -> String {

@@ -58,6 +58,12 @@ impl ModelFolder {
                 expected: "a model folder in the diffusers/optimum ONNX layout",
             });
         }
+        if root.join("text_encoder_2").exists() {
+            return Err(LoadError::unsupported(
+                root.join("text_encoder_2"),
+                "a second text encoder (SDXL and SD3 pipelines); easel runs SD 1.x, 2.x and SD-Turbo folders",
+            ));
+        }
         for component in [TEXT_ENCODER, UNET, VAE_DECODER] {
             require(&root.join(component).join("model.onnx"), "the ONNX graph of this pipeline component")?;
         }
@@ -434,6 +440,15 @@ mod tests {
         write(dir.path(), "scheduler/scheduler_config.json", "not json");
         let err = ModelFolder::read(dir.path()).unwrap_err();
         assert!(matches!(&err, LoadError::Json { path, .. } if path.ends_with("scheduler_config.json")), "{err}");
+    }
+
+    #[test]
+    fn an_sdxl_folder_is_refused_naming_its_second_text_encoder() {
+        let dir = minimal_folder();
+        std::fs::create_dir_all(dir.path().join("text_encoder_2")).unwrap();
+        let err = ModelFolder::read(dir.path()).unwrap_err();
+        assert!(matches!(err, LoadError::Unsupported { .. }), "{err}");
+        assert!(err.to_string().contains("text_encoder_2"), "{err}");
     }
 
     #[test]
