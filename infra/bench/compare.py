@@ -28,33 +28,27 @@ import numpy as np
 import onnxruntime as ort
 import diffusers
 from diffusers import OnnxRuntimeModel, OnnxStableDiffusionPipeline
-from diffusers.pipelines.onnx_utils import ORT_TO_NP_TYPE
 from transformers import CLIPTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
+# The same two adjustments the parity references use (optimum's input conventions, a float
+# init_noise_sigma), from the one place they are written.
+sys.path.insert(0, str(ROOT / "crates" / "diffusion" / "tests" / "fixtures" / "parity"))
+from make_parity import DeclaredTypes, float_init_noise_sigma  # noqa: E402
 PROMPT = "a photo of an astronaut riding a horse on mars"
 
 
-class Timed:
-    """An ONNX model fed in its declared types and ranks (optimum's convention), timing its runs."""
+class Timed(DeclaredTypes):
+    """An ONNX model fed as optimum feeds it (see make_parity.py), timing its runs."""
 
     def __init__(self, model, clock):
-        self.model = model.model
+        super().__init__(model)
         self.clock = clock
         self.calls = 0
 
     def __call__(self, **kwargs):
-        feeds = {}
-        rows = np.asarray(kwargs["sample"]).shape[0] if "sample" in kwargs else None
-        for declared in self.model.get_inputs():
-            value = np.asarray(kwargs[declared.name]).astype(ORT_TO_NP_TYPE[declared.type])
-            if len(declared.shape) == 0:
-                value = value.reshape(())
-            elif declared.name == "timestep" and value.shape == (1,) and declared.shape[0] != 1 and rows:
-                value = np.repeat(value, rows)
-            feeds[declared.name] = value
         started = time.perf_counter()
-        out = self.model.run(None, feeds)
+        out = super().__call__(**kwargs)
         self.clock[0] += time.perf_counter() - started
         self.calls += 1
         return out
@@ -70,10 +64,7 @@ def diffusers_pipeline(folder: Path, threads: int, sampler: str, clock):
         return Timed(model, clock)
 
     classes = {"K_EULER": "EulerDiscreteScheduler", "DDIM": "DDIMScheduler", "K_DPMPP_2M": "DPMSolverMultistepScheduler"}
-    cls = getattr(diffusers, classes[sampler])
-    if isinstance(getattr(cls, "init_noise_sigma", None), property):
-        getter = cls.init_noise_sigma.fget
-        cls = type(cls.__name__, (cls,), {"init_noise_sigma": property(lambda self: float(getter(self)))})
+    cls = float_init_noise_sigma(getattr(diffusers, classes[sampler]))
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     return OnnxStableDiffusionPipeline(
         vae_encoder=None,

@@ -341,20 +341,12 @@ impl VaeDecoder {
         channels: usize,
         settings: SessionSettings,
     ) -> Result<Self, LoadError> {
-        let session = Graph::open(runtime, path, settings)?;
-        let input = single_input(&session, "latent_sample", path)?;
-        let (ty, shape) = tensor_type(input, path)?;
-        expect_float(input, ty, path)?;
-        expect_rank(input, shape, 4, path)?;
-        if let Some(fixed) = fixed_dim(shape, 1)
+        let (session, input, input_channels) = open_nchw_graph(runtime, path, "latent_sample", settings)?;
+        if let Some(fixed) = input_channels
             && fixed != channels
         {
-            return Err(LoadError::invalid(
-                path,
-                format!("{:?} has {fixed} channels; expected {channels}", input.name()),
-            ));
+            return Err(LoadError::invalid(path, format!("{input:?} has {fixed} channels; expected {channels}")));
         }
-        let input = input.name().to_owned();
         let output = float_output(&session, "sample", 4, path)?.0;
         Ok(VaeDecoder { graph: Graph::new(session, path, output)?, input })
     }
@@ -401,12 +393,7 @@ impl VaeEncoder {
         channels: usize,
         settings: SessionSettings,
     ) -> Result<Self, LoadError> {
-        let session = Graph::open(runtime, path, settings)?;
-        let input = single_input(&session, "sample", path)?;
-        let (ty, shape) = tensor_type(input, path)?;
-        expect_float(input, ty, path)?;
-        expect_rank(input, shape, 4, path)?;
-        let input = input.name().to_owned();
+        let (session, input, _) = open_nchw_graph(runtime, path, "sample", settings)?;
         let named = |name: &str| session.outputs().iter().any(|o| o.name() == name);
         let (output_name, fixed) = if named("latent_parameters") || !named("latent_sample") {
             let (name, shape) = float_output(&session, "latent_parameters", 4, path)?;
@@ -446,6 +433,23 @@ impl VaeEncoder {
             Ok(data.to_vec())
         })
     }
+}
+
+/// Opens a graph whose one input (`name`, or the only one) is a float32 NCHW tensor; returns the
+/// session, the input's name and its channel count when the graph fixes it.
+fn open_nchw_graph(
+    runtime: &OrtRuntime,
+    path: &Path,
+    name: &str,
+    settings: SessionSettings,
+) -> Result<(Session, String, Option<usize>), LoadError> {
+    let session = Graph::open(runtime, path, settings)?;
+    let input = single_input(&session, name, path)?;
+    let (ty, shape) = tensor_type(input, path)?;
+    expect_float(input, ty, path)?;
+    expect_rank(input, shape, 4, path)?;
+    let (input, channels) = (input.name().to_owned(), fixed_dim(shape, 1));
+    Ok((session, input, channels))
 }
 
 fn engine_message(message: String) -> GenerateError {

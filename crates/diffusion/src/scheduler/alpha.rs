@@ -64,14 +64,6 @@ impl Sampler for Ddim {
         &self.float_timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _index: usize, sample: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(sample);
-    }
-
     fn add_noise(&self, index: usize, original: &[f32], noise: &[f32], out: &mut [f32]) {
         add_alpha_noise(self.alphas_cumprod[self.timesteps[index]], original, noise, out);
     }
@@ -127,14 +119,6 @@ impl Ddpm {
 impl Sampler for Ddpm {
     fn timesteps(&self) -> &[f32] {
         &self.float_timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _index: usize, sample: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(sample);
     }
 
     fn add_noise(&self, index: usize, original: &[f32], noise: &[f32], out: &mut [f32]) {
@@ -336,14 +320,6 @@ impl Sampler for Pndm {
         &self.float_timesteps
     }
 
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _index: usize, sample: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(sample);
-    }
-
     fn add_noise(&self, index: usize, original: &[f32], noise: &[f32], out: &mut [f32]) {
         add_alpha_noise(self.alphas_cumprod[self.timesteps[index]], original, noise, out);
     }
@@ -456,14 +432,6 @@ impl DpmSolverMultistep {
 impl Sampler for DpmSolverMultistep {
     fn timesteps(&self) -> &[f32] {
         &self.float_timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f32 {
-        1.0
-    }
-
-    fn scale_model_input(&self, _index: usize, sample: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(sample);
     }
 
     fn add_noise(&self, index: usize, original: &[f32], noise: &[f32], out: &mut [f32]) {

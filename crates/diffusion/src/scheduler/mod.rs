@@ -43,10 +43,15 @@ pub(crate) use noise::{ReplayNoise, SeededNoise, StepNoise};
 pub(crate) trait Sampler: Send + std::fmt::Debug {
     /// The UNet timestep of every model evaluation, in order (float32, possibly fractional).
     fn timesteps(&self) -> &[f32];
-    /// What unit-variance initial noise is multiplied by.
-    fn init_noise_sigma(&self) -> f32;
-    /// Writes the UNet input for evaluation `index` into `out`.
-    fn scale_model_input(&self, index: usize, sample: &[f32], out: &mut [f32]);
+    /// What unit-variance initial noise is multiplied by (1 for the ᾱ-space samplers).
+    fn init_noise_sigma(&self) -> f32 {
+        1.0
+    }
+    /// Writes the UNet input for evaluation `index` into `out` (the latents unscaled unless the
+    /// sampler works in σ space, as diffusers' `SchedulerMixin` default).
+    fn scale_model_input(&self, _index: usize, sample: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(sample);
+    }
     /// Advances `sample` past evaluation `index`, given the (guided) model output. Stochastic
     /// samplers draw from `noise`, exactly when diffusers' class draws.
     fn step(&mut self, index: usize, model_output: &[f32], sample: &mut [f32], noise: &mut dyn StepNoise);
