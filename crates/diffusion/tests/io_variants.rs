@@ -123,3 +123,45 @@ fn a_model_without_a_vae_encoder_refuses_img2img() {
     let err = pipeline.generate(&spec, &NoProgress).unwrap_err().to_string();
     assert!(err.contains("vae_encoder"), "{err}");
 }
+
+/// img2img through a stand-in VAE encoder of either exporter convention.
+fn img2img(encoder: &str, init: &InitImage) -> GeneratedImage {
+    let dir = folder("text_encoder_int64.onnx", "unet_float_scalar.onnx");
+    std::fs::create_dir_all(dir.path().join("vae_encoder")).unwrap();
+    std::fs::copy(variants().join(encoder), dir.path().join("vae_encoder/model.onnx")).unwrap();
+    let pipeline = Pipeline::load(common::runtime(), dir.path(), &common::options()).unwrap();
+    let spec = GenerationSpec {
+        width: 64,
+        height: 64,
+        steps: 10,
+        init_image: Some(init.clone()),
+        strength: 0.3,
+        ..common::spec(&[4])
+    };
+    pipeline.generate(&spec, &NoProgress).unwrap().images.remove(0)
+}
+
+#[test]
+fn both_vae_encoder_conventions_start_img2img_from_the_same_latents() {
+    // A left-to-right gradient; the stand-in encoders pool it into latents.
+    let rgb: Vec<u8> = (0..64 * 64).flat_map(|i| [(i % 64 * 4) as u8, 90, (255 - i % 64 * 4) as u8]).collect();
+    let init = InitImage { width: 64, height: 64, rgb };
+    // `latent_parameters` is sampled with σ ≈ 4.5e-5 around the mean `latent_sample` returns.
+    let from_parameters = img2img("vae_encoder_parameters.onnx", &init);
+    let from_sample = img2img("vae_encoder_sample.onnx", &init);
+    let worst = from_parameters.rgb.iter().zip(&from_sample.rgb).map(|(&a, &b)| a.abs_diff(b)).max().unwrap();
+    assert!(worst <= 1, "the two conventions differ by {worst} levels");
+    // And the image matters: another init image gives another result.
+    let flat = InitImage { width: 64, height: 64, rgb: vec![128; 64 * 64 * 3] };
+    assert_ne!(img2img("vae_encoder_sample.onnx", &flat).rgb, from_sample.rgb);
+}
+
+#[test]
+fn a_vae_encoder_with_the_wrong_channel_count_is_refused_at_load() {
+    let dir = folder("text_encoder_int64.onnx", "unet_float_scalar.onnx");
+    std::fs::create_dir_all(dir.path().join("vae_encoder")).unwrap();
+    // The decoder stand-in outputs 3 channels: neither 4 (a sample) nor 8 (mean and log-variance).
+    std::fs::copy(variants().join("vae_decoder.onnx"), dir.path().join("vae_encoder/model.onnx")).unwrap();
+    let err = Pipeline::load(common::runtime(), dir.path(), &common::options()).unwrap_err().to_string();
+    assert!(err.contains("vae_encoder/model.onnx") && err.contains("has 3 channels"), "{err}");
+}
