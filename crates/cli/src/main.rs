@@ -332,7 +332,7 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     );
     bar.set_message(sampler.to_string());
     let started = Instant::now();
-    let overrides = easel_diffusion::Overrides { latents, step_noise: None };
+    let overrides = easel_diffusion::Overrides { latents, step_noise: None, posterior_noise: None };
     let generation = tokio::task::spawn_blocking({
         let pipeline = Arc::clone(&pipeline);
         let bar = bar.clone();

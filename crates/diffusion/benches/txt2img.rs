@@ -63,7 +63,7 @@ fn main() {
             guidance.unwrap_or(d.default_guidance),
         )
     };
-    let overrides = Overrides { latents, step_noise: None };
+    let overrides = Overrides { latents, step_noise: None, posterior_noise: None };
     if stdin {
         serve_stdin(&pipeline, &spec, &overrides);
         return;

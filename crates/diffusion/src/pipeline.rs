@@ -90,6 +90,9 @@ pub struct Overrides {
     /// Every noise draw of a stochastic sampler, in order, each `[images, channels, h, w]`. The
     /// count must be exactly what the sampler draws.
     pub step_noise: Option<Vec<Array4<f32>>>,
+    /// img2img: the unit noise ε of the VAE posterior sample `mean + σ·ε`, `[images, channels,
+    /// h, w]` (diffusers draws it from its `generator`).
+    pub posterior_noise: Option<Array4<f32>>,
 }
 
 impl Pipeline {
@@ -244,7 +247,7 @@ impl Pipeline {
                 let init_noise_sigma = first.init_noise_sigma();
                 (noise.into_iter().map(|value| value * init_noise_sigma).collect(), 0)
             }
-            Some(_) => self.img2img_latents(spec, &plan, noise, &chunks, &mut timings)?,
+            Some(_) => self.img2img_latents(spec, &plan, noise, overrides, &chunks, &mut timings)?,
         };
         let text = self.encode_text(spec, plan.guided(), &mut warnings, &mut timings)?;
         let unet_calls = self.denoise(&mut latents, begin, &text, &mut chunks, &plan, progress, &mut timings)?;
@@ -278,6 +281,7 @@ impl Pipeline {
         spec: &GenerationSpec,
         plan: &Plan,
         noise: Vec<f32>,
+        overrides: &Overrides,
         chunks: &[Chunk],
         timings: &mut Timings,
     ) -> Result<(Vec<f32>, usize), GenerateError> {
@@ -301,6 +305,10 @@ impl Pipeline {
             )));
         }
         let t_start = steps - init_timestep;
+        let posterior = match &overrides.posterior_noise {
+            Some(given) => Some(self.checked_latents(given, plan, "posterior_noise")?),
+            None => None,
+        };
 
         // [0, 255] → [−1, 1], planar.
         let image = init.resized(spec.width, spec.height);
@@ -339,7 +347,10 @@ impl Pipeline {
                         // latent_dist.sample(): mean + exp(½·clamp(logvar, −30, 20))·ε.
                         let (mean, logvar) = encoded.split_at(per_image);
                         let mut eps = vec![0.0f32; per_image];
-                        crate::latents::posterior_noise(seed, &mut eps);
+                        match &posterior {
+                            Some(given) => eps.copy_from_slice(&given[range.clone()]),
+                            None => crate::latents::posterior_noise(seed, &mut eps),
+                        }
                         for (((c, &m), &lv), &e) in clean.iter_mut().zip(mean).zip(logvar).zip(&eps) {
                             let std = (0.5 * lv.clamp(-30.0, 20.0)).exp();
                             *c = (m + std * e) * scaling;
@@ -551,16 +562,21 @@ impl Pipeline {
             }
             return Ok(latents);
         };
+        self.checked_latents(given, plan, "latents")
+    }
+
+    /// A caller's `[images, C, h, w]` noise, flat, after checking its shape and values.
+    fn checked_latents(&self, given: &Array4<f32>, plan: &Plan, field: &str) -> Result<Vec<f32>, GenerateError> {
         let expected = [plan.images, plan.channels, plan.latent_height, plan.latent_width];
         if given.shape() != expected {
             return Err(GenerateError::InvalidRequest(format!(
-                "latents must have shape {expected:?} (images, channels, height / {f}, width / {f}); got {:?}",
+                "{field} must have shape {expected:?} (images, channels, height / {f}, width / {f}); got {:?}",
                 given.shape(),
                 f = self.folder.vae.factor
             )));
         }
         if given.iter().any(|v| !v.is_finite()) {
-            return Err(GenerateError::InvalidRequest("latents must be finite (found NaN or infinity)".to_owned()));
+            return Err(GenerateError::InvalidRequest(format!("{field} must be finite (found NaN or infinity)")));
         }
         Ok(given.iter().copied().collect())
     }

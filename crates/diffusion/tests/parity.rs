@@ -11,9 +11,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use easel_core::generator::{GenerationSpec, SamplerKind};
+use easel_core::generator::{GenerationSpec, InitImage, SamplerKind};
 use easel_diffusion::{Overrides, Pipeline};
-use ndarray::{Array4, Array5, Axis};
+use ndarray::{Array3, Array4, Array5, Axis};
 
 /// The bar: max |easel − diffusers| in [0, 1] pixel space.
 const TOLERANCE: f32 = 1e-3;
@@ -21,6 +21,7 @@ const TOLERANCE: f32 = 1e-3;
 #[derive(Debug, serde::Deserialize)]
 struct Cases {
     cases: Vec<Case>,
+    img2img: Vec<Case>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -37,6 +38,8 @@ struct Case {
     prompt: String,
     negative_prompt: String,
     noise_draws: usize,
+    /// img2img cases only.
+    strength: Option<f32>,
 }
 
 fn fixtures() -> PathBuf {
@@ -79,14 +82,27 @@ fn run_case(case: &Case, pipeline: &Pipeline) -> f32 {
         draws.axis_iter(Axis(0)).map(|draw| draw.to_owned()).collect::<Vec<Array4<f32>>>()
     });
     let sampler: SamplerKind = case.sampler.parse().unwrap();
+    let (init_image, posterior_noise) = match case.strength {
+        None => (None, None),
+        Some(_) => {
+            let rgb: Array3<u8> = ndarray_npy::read_npy(dir.join(format!("{}.init.npy", case.name))).unwrap();
+            let (height, width, _) = rgb.dim();
+            let init = InitImage { width: width as u32, height: height as u32, rgb: rgb.iter().copied().collect() };
+            let posterior: Array4<f32> =
+                ndarray_npy::read_npy(dir.join(format!("{}.posterior.npy", case.name))).unwrap();
+            (Some(init), Some(posterior))
+        }
+    };
     let spec = GenerationSpec {
         negative_prompt: case.negative_prompt.clone(),
         seeds: (0..case.n as u64).collect(),
         sampler: Some(sampler),
         karras: case.karras,
+        init_image,
+        strength: case.strength.unwrap_or(1.0),
         ..GenerationSpec::text_to_image(&case.prompt, case.width, case.height, case.steps, case.guidance)
     };
-    let overrides = Overrides { latents: Some(latents), step_noise };
+    let overrides = Overrides { latents: Some(latents), step_noise, posterior_noise };
     let (images, _) = pipeline
         .generate_unit_pixels(&spec, &overrides)
         .unwrap_or_else(|e| panic!("{}: {}", case.name, common::chain(&e)));
@@ -129,6 +145,23 @@ fn every_sampler_reproduces_the_diffusers_onnx_pipeline_within_1e_3() {
 }
 
 #[test]
+fn img2img_reproduces_diffusers_img2img_definition_within_1e_3() {
+    let cases: Cases = serde_json::from_str(&std::fs::read_to_string(fixtures().join("cases.json")).unwrap()).unwrap();
+    assert!(cases.img2img.len() >= 5);
+    let mut table = vec![format!("{:<32} {:<20} {:>8} {:>14}", "case", "sampler", "strength", "max |Δ| (0..1)")];
+    let mut failed = Vec::new();
+    for case in &cases.img2img {
+        let diff = run_case(case, common::pipeline());
+        table.push(format!("{:<32} {:<20} {:>8} {diff:>14.2e}", case.name, case.sampler, case.strength.unwrap()));
+        if diff.is_nan() || diff > TOLERANCE {
+            failed.push(case.name.clone());
+        }
+    }
+    eprintln!("{}", table.join("\n"));
+    assert!(failed.is_empty(), "over {TOLERANCE}: {failed:?}\n{}", table.join("\n"));
+}
+
+#[test]
 fn replayed_noise_of_the_wrong_count_is_refused() {
     let dir = fixtures();
     let latents: Array4<f32> = ndarray_npy::read_npy(dir.join("k_euler_ancestral.latents.npy")).unwrap();
@@ -139,7 +172,7 @@ fn replayed_noise_of_the_wrong_count_is_refused() {
         sampler: Some(SamplerKind::EulerAncestral),
         ..GenerationSpec::text_to_image("x", 64, 64, 6, 7.5)
     };
-    let overrides = Overrides { latents: Some(latents), step_noise: Some(step_noise) };
+    let overrides = Overrides { latents: Some(latents), step_noise: Some(step_noise), posterior_noise: None };
     let err = common::pipeline().generate_unit_pixels(&spec, &overrides).unwrap_err().to_string();
     assert!(err.contains("step_noise") && err.contains("more than the 5"), "{err}");
 }

@@ -131,14 +131,14 @@ fn explicit_latents_replace_the_seeded_noise() {
     let a = pipeline()
         .generate_with(
             &spec(&[1]),
-            &easel_diffusion::Overrides { latents: Some(latents.clone()), step_noise: None },
+            &easel_diffusion::Overrides { latents: Some(latents.clone()), step_noise: None, posterior_noise: None },
             &NoProgress,
         )
         .unwrap();
     let b = pipeline()
         .generate_with(
             &spec(&[2]),
-            &easel_diffusion::Overrides { latents: Some(latents), step_noise: None },
+            &easel_diffusion::Overrides { latents: Some(latents), step_noise: None, posterior_noise: None },
             &NoProgress,
         )
         .unwrap();
@@ -152,7 +152,7 @@ fn explicit_latents_of_the_wrong_shape_or_with_nan_are_refused() {
     let wrong = Array4::<f32>::zeros((1, 4, 16, 32));
     let message = invalid_message(pipeline().generate_with(
         &spec(&[1]),
-        &easel_diffusion::Overrides { latents: Some(wrong), step_noise: None },
+        &easel_diffusion::Overrides { latents: Some(wrong), step_noise: None, posterior_noise: None },
         &NoProgress,
     ));
     assert!(message.contains("latents") && message.contains("[1, 4, 32, 32]"), "{message}");
@@ -160,7 +160,7 @@ fn explicit_latents_of_the_wrong_shape_or_with_nan_are_refused() {
     nan[[0, 2, 3, 4]] = f32::NAN;
     let message = invalid_message(pipeline().generate_with(
         &spec(&[1]),
-        &easel_diffusion::Overrides { latents: Some(nan), step_noise: None },
+        &easel_diffusion::Overrides { latents: Some(nan), step_noise: None, posterior_noise: None },
         &NoProgress,
     ));
     assert!(message.contains("finite"), "{message}");
