@@ -100,7 +100,7 @@ fn serve_stdin(pipeline: &Pipeline, spec: &GenerationSpec, overrides: &Overrides
             break;
         }
         let (generation, t) = pipeline.generate_timed(spec, overrides, &NoProgress).unwrap();
-        let inside = t.text_encoder + t.unet + t.vae_decoder;
+        let inside = t.inside_onnx_runtime();
         println!(
             "{}",
             serde_json::json!({
@@ -126,7 +126,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn describe(t: &Timings) -> String {
-    let other = t.total.saturating_sub(t.text_encoder + t.unet + t.vae_decoder);
+    let other = t.total.saturating_sub(t.inside_onnx_runtime());
     format!(
         "total {} = text encoder {} + UNet {} + VAE decoder {} + other {}",
         ms(t.total),

@@ -51,15 +51,23 @@ impl Default for PipelineOptions {
     }
 }
 
-/// Where one generation's time went. `unet`, `text_encoder` and `vae_decoder` count only time
-/// inside ONNX Runtime; the rest of `total` is tokenization, noise, sampler math, guidance and
-/// pixel conversion.
+/// Where one generation's time went. `text_encoder`, `unet`, `vae_encoder` (img2img only) and
+/// `vae_decoder` count only time inside ONNX Runtime; the rest of `total` is tokenization, noise,
+/// sampler math, guidance, resizing and pixel conversion.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Timings {
     pub text_encoder: Duration,
     pub unet: Duration,
+    pub vae_encoder: Duration,
     pub vae_decoder: Duration,
     pub total: Duration,
+}
+
+impl Timings {
+    /// Time spent inside ONNX Runtime.
+    pub fn inside_onnx_runtime(&self) -> Duration {
+        self.text_encoder + self.unet + self.vae_encoder + self.vae_decoder
+    }
 }
 
 /// A loaded SD-family model: three ONNX Runtime sessions, the tokenizer and the scheduler config,
@@ -322,7 +330,7 @@ impl Pipeline {
         let encode_started = Instant::now();
         let encoded =
             encoder.encode(&pixels, [1, 3, plan.height, plan.width], [plan.latent_height, plan.latent_width])?;
-        timings.vae_decoder += encode_started.elapsed();
+        timings.vae_encoder += encode_started.elapsed();
 
         let per_image = plan.latent_len();
         let scaling = self.folder.vae.scaling_factor;
