@@ -136,11 +136,12 @@ impl Heun {
             first_sample: Vec::new(),
         })
     }
+}
 
-    fn denoised(&self, sigma: f32, x: f32, output: f32) -> f32 {
-        let denoised = sigma_denoised(self.prediction, sigma, x, output);
-        self.clip.map_or(denoised, |range| denoised.clamp(-range, range))
-    }
+/// Heun's x₀ estimate: the σ-space one, clamped to ±range when `clip_sample` is set.
+fn heun_denoised(prediction: PredictionType, clip: Option<f32>, sigma: f32, x: f32, output: f32) -> f32 {
+    let denoised = sigma_denoised(prediction, sigma, x, output);
+    clip.map_or(denoised, |range| denoised.clamp(-range, range))
 }
 
 impl Sampler for Heun {
@@ -173,8 +174,7 @@ impl Sampler for Heun {
                 self.first_sample.clear();
                 self.first_sample.extend_from_slice(sample);
                 for ((x, &out), d) in sample.iter_mut().zip(model_output).zip(&mut self.prev_derivative) {
-                    let denoised = sigma_denoised(self.prediction, sigma, *x, out);
-                    let denoised = self.clip.map_or(denoised, |range| denoised.clamp(-range, range));
+                    let denoised = heun_denoised(self.prediction, self.clip, sigma, *x, out);
                     *d = (*x - denoised) / sigma;
                     *x += *d * dt;
                 }
@@ -185,7 +185,7 @@ impl Sampler for Heun {
                 for (((x, &out), &prev), &first) in
                     sample.iter_mut().zip(model_output).zip(&self.prev_derivative).zip(&self.first_sample)
                 {
-                    let denoised = self.denoised(sigma_next, *x, out);
+                    let denoised = heun_denoised(self.prediction, self.clip, sigma_next, *x, out);
                     let derivative = (*x - denoised) / sigma_next;
                     let derivative = (prev + derivative) / 2.0;
                     *x = first + derivative * dt;
