@@ -53,9 +53,12 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
             lease: Duration::from_secs(60),
             heartbeat: Duration::from_secs(5),
             progress_interval: Duration::from_millis(100),
+            ..WorkerConfig::default()
         },
         dev_key_file: Some(data_dir.join("dev-api-key")),
         shutdown_grace: Duration::from_secs(60),
+        callback_timeout: Duration::from_secs(10),
+        callback_retry_after: Duration::from_secs(30),
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use easel_core::ports::{Job, JobQueue, TaskStore};
+use easel_core::ports::{Job, Queue, TaskStore};
 use easel_core::task::TaskId;
 use easel_tests::{Harness, decode_png, hive_image_urls};
 use serde_json::json;

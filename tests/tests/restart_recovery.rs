@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use easel_core::ports::{Claim, JobQueue, TaskStore};
+use easel_core::ports::{Claim, Queue, TaskStore};
 use easel_core::task::TaskStatus;
 use easel_tests::Harness;
 use serde_json::json;

@@ -18,8 +18,10 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use easel_core::keys::ApiKey;
 use easel_core::ports::{ImageStore, JobQueue, KeyStore, StoreError, TaskStore};
+use easel_core::request::Dialect;
 use easel_core::submit::{SubmitError, Submitted, Submitter};
-use easel_core::task::{Task, TaskId, TaskStatus};
+pub use easel_core::task::TaskView;
+use easel_core::task::{Task, TaskId};
 use serde_json::json;
 use tower_http::trace::TraceLayer;
 
@@ -45,7 +47,7 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     pub fn new(
         tasks: Arc<dyn TaskStore>,
-        jobs: Arc<dyn JobQueue>,
+        jobs: Arc<JobQueue>,
         images: Arc<dyn ImageStore>,
         keys: Arc<dyn KeyStore>,
         url_ttl: Duration,
@@ -111,13 +113,6 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, InputError
     Ok(Some(s.to_owned()))
 }
 
-/// A task with fresh URLs for its images (minted on every read, never stored).
-#[derive(Debug, Clone)]
-pub struct TaskView {
-    pub task: Task,
-    pub image_urls: Vec<String>,
-}
-
 /// Loads a task the key may see. Another key's task is reported as not found.
 pub async fn load_task_view(state: &AppState, key: &ApiKey, id: &str) -> Result<TaskView, ServiceError> {
     let not_found = || ServiceError::TaskNotFound(id.chars().take(64).collect());
@@ -126,13 +121,16 @@ pub async fn load_task_view(state: &AppState, key: &ApiKey, id: &str) -> Result<
     if task.key_id != key.id {
         return Err(not_found());
     }
-    let mut image_urls = Vec::new();
-    if task.status == TaskStatus::Succeeded {
-        for image in &task.images {
-            image_urls.push(state.images.url(&image.key, state.url_ttl).await.map_err(ServiceError::Store)?);
-        }
+    TaskView::mint(task, state.images.as_ref(), state.url_ttl).await.map_err(ServiceError::Store)
+}
+
+/// The body of a task's callback: the task in the shape of the dialect that created it (Hive's task
+/// object; the neutral task document for the others).
+pub fn callback_body(view: &TaskView) -> serde_json::Value {
+    match view.task.dialect {
+        Dialect::Hive => hive::task_object(view),
+        Dialect::Openai | Dialect::Stability => tasks::task_json(view),
     }
-    Ok(TaskView { task, image_urls })
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -89,5 +89,6 @@ pub fn task_json(view: &TaskView) -> Value {
         "started_at": t.started_at,
         "finished_at": t.finished_at,
         "timings": t.timings,
+        "deliveries": t.deliveries,
     })
 }

@@ -11,8 +11,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use easel_api::AppState;
+use easel_callbacks::HttpCallbackSender;
 use easel_core::generator::Generator;
 use easel_core::keys::create_key;
+use easel_core::notify::Notifier;
 use easel_core::ports::KeyStore;
 use easel_core::worker::{Worker, WorkerConfig};
 use easel_embedded::{EmbeddedBackend, EmbeddedOptions, FileAccessError, FsImageStore, OpenError, OwnerLock};
@@ -34,6 +36,10 @@ pub struct ServeConfig {
     pub dev_key_file: Option<PathBuf>,
     /// How long shutdown waits for the generation in progress before leaving it for the next start.
     pub shutdown_grace: Duration,
+    /// Bound on one callback POST.
+    pub callback_timeout: Duration,
+    /// How long after a failed callback it is tried again (until the notice's maximum receives).
+    pub callback_retry_after: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +54,8 @@ pub enum ServeError {
     Open(#[from] OpenError),
     #[error("cannot set up the development API key")]
     DevKey(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("cannot set up the callback client")]
+    Callbacks(#[source] reqwest::Error),
 }
 
 /// What `easel serve` created or found for the developer's key.
@@ -74,6 +82,7 @@ pub struct LocalServer {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     worker: Option<JoinHandle<()>>,
+    notifier: JoinHandle<()>,
     grace: Duration,
     _owner: OwnerLock,
 }
@@ -117,12 +126,25 @@ impl LocalServer {
             let worker = Worker::new(
                 backend.tasks.clone(),
                 backend.jobs.clone(),
+                backend.notices.clone(),
                 backend.images.clone(),
                 generator,
                 config.worker.clone(),
             );
+            let rx = rx.clone();
             tokio::spawn(async move { worker.run(rx).await })
         });
+        let sender = HttpCallbackSender::new(config.callback_timeout).map_err(ServeError::Callbacks)?;
+        let notifier = Notifier::new(
+            backend.tasks.clone(),
+            backend.images.clone(),
+            Arc::new(sender),
+            easel_api::callback_body,
+            config.url_ttl,
+        );
+        let notices = backend.notices.clone();
+        let retry_after = config.callback_retry_after;
+        let notifier = tokio::spawn(async move { notifier.run(notices.as_ref(), retry_after, rx).await });
         Ok(LocalServer {
             addr,
             backend,
@@ -130,6 +152,7 @@ impl LocalServer {
             shutdown,
             server,
             worker,
+            notifier,
             grace: config.shutdown_grace,
             _owner: owner,
         })
@@ -158,6 +181,7 @@ impl LocalServer {
                 "the generation in progress did not finish in time; it will be redelivered at the next start"
             );
         }
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.notifier).await;
         match tokio::time::timeout(Duration::from_secs(5), &mut self.server).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the HTTP server stopped with an error"),
             Err(_) => tracing::warn!("open connections did not close in time"),
@@ -170,6 +194,7 @@ impl Drop for LocalServer {
     fn drop(&mut self) {
         let _ = self.shutdown.send(true);
         self.server.abort();
+        self.notifier.abort();
         if let Some(worker) = &self.worker {
             worker.abort();
         }

@@ -192,6 +192,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker: WorkerConfig::default(),
         dev_key_file: Some(args.dev_key_file),
         shutdown_grace: Duration::from_secs(30),
+        callback_timeout: Duration::from_secs(10),
+        callback_retry_after: Duration::from_secs(30),
     };
     let server = LocalServer::start(config, generator).await?;
     let addr = server.addr();

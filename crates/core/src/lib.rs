@@ -4,9 +4,10 @@
 //! - [`request`]: the dialect-neutral [`request::GenerationRequest`] every dialect parses into.
 //! - [`task`]: the [`task::Task`] record and its state machine.
 //! - [`ports`]: storage and queue traits; [`generator`]: the diffusion engine trait.
-//! - [`submit`] and [`worker`]: the use cases.
+//! - [`submit`], [`worker`] and [`notify`]: the use cases.
 pub mod generator;
 pub mod keys;
+pub mod notify;
 pub mod png;
 pub mod ports;
 pub mod presets;

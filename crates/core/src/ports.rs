@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::keys::ApiKey;
-use crate::task::{Completion, Progress, Task, TaskId, TaskStatus};
+use crate::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
 
 /// A storage or queue backend failed. The message says which operation; the source says why.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,9 @@ pub trait TaskStore: Send + Sync {
         completion: Completion,
         now: OffsetDateTime,
     ) -> Result<Option<Task>, StoreError>;
+    /// Appends a callback delivery attempt to the task's record, whatever its status.
+    /// False when the task does not exist.
+    async fn record_delivery(&self, id: TaskId, attempt: CallbackAttempt) -> Result<bool, StoreError>;
 }
 
 /// The message that asks a worker to run a task. Only the id travels: the task store is the truth.
@@ -75,24 +78,39 @@ pub struct Job {
     pub task_id: TaskId,
 }
 
-/// A received job; `receipt` acknowledges or extends it.
+/// The message that asks the notifier to post a finished task to its callback URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notice {
+    pub task_id: TaskId,
+}
+
+/// A received message; `receipt` acknowledges or extends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    pub job: Job,
+pub struct Delivery<M> {
+    pub message: M,
     pub receipt: String,
     /// 1 on first delivery; the queue dead-letters a message after its configured maximum.
     pub receive_count: u32,
 }
 
+/// A queue with SQS semantics: at-least-once delivery, a visibility timeout per received message,
+/// redelivery until acknowledged, and a dead-letter queue after a maximum number of receives.
 #[async_trait]
-pub trait JobQueue: Send + Sync {
-    async fn send(&self, job: &Job) -> Result<(), StoreError>;
-    /// Up to `max` jobs, each invisible to other receivers for `visibility`. Waits up to `wait` for one.
-    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<Delivery>, StoreError>;
+pub trait Queue<M>: Send + Sync {
+    async fn send(&self, message: &M) -> Result<(), StoreError>;
+    /// Up to `max` messages, each invisible to other receivers for `visibility`. Waits up to `wait`
+    /// for one. A body that does not decode as `M` is dropped (logged), never returned.
+    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<Delivery<M>>, StoreError>;
     async fn ack(&self, receipt: &str) -> Result<(), StoreError>;
-    /// Keeps a job invisible for another `visibility` from now (a heartbeat during long work).
+    /// Makes a received message visible again after `visibility` from now: a heartbeat during long
+    /// work, or `Duration::ZERO` to hand it back at once.
     async fn extend(&self, receipt: &str, visibility: Duration) -> Result<(), StoreError>;
 }
+
+/// The queue of [`Job`]s between the API and the workers.
+pub type JobQueue = dyn Queue<Job>;
+/// The queue of [`Notice`]s between the workers and the notifier.
+pub type NoticeQueue = dyn Queue<Notice>;
 
 #[async_trait]
 pub trait ImageStore: Send + Sync {

@@ -23,7 +23,7 @@ pub enum SubmitError {
 #[derive(Clone)]
 pub struct Submitter {
     tasks: Arc<dyn TaskStore>,
-    jobs: Arc<dyn JobQueue>,
+    jobs: Arc<JobQueue>,
 }
 
 impl std::fmt::Debug for Submitter {
@@ -33,7 +33,7 @@ impl std::fmt::Debug for Submitter {
 }
 
 impl Submitter {
-    pub fn new(tasks: Arc<dyn TaskStore>, jobs: Arc<dyn JobQueue>) -> Self {
+    pub fn new(tasks: Arc<dyn TaskStore>, jobs: Arc<JobQueue>) -> Self {
         Submitter { tasks, jobs }
     }
 

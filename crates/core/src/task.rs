@@ -126,6 +126,27 @@ pub struct RunRecord {
     pub unet_calls: u32,
 }
 
+/// One attempt to post a finished task to its callback URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallbackAttempt {
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// The receiver's HTTP status, when it answered.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Why the attempt failed, when it did (connection refused, timeout, non-2xx answer).
+    #[serde(default)]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+impl CallbackAttempt {
+    /// The receiver took the callback (any 2xx answer).
+    pub fn delivered(&self) -> bool {
+        self.status.is_some_and(|s| (200..300).contains(&s))
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Timings {
     /// Milliseconds from submission to the worker's claim.
@@ -167,6 +188,40 @@ pub struct Task {
     pub error: Option<TaskError>,
     #[serde(default)]
     pub timings: Timings,
+    /// Callback delivery attempts, oldest first.
+    #[serde(default)]
+    pub deliveries: Vec<CallbackAttempt>,
+}
+
+impl Task {
+    /// Whether a callback is owed and not yet delivered.
+    pub fn callback_pending(&self) -> bool {
+        self.status.is_terminal() && self.callback_url.is_some() && !self.deliveries.iter().any(|d| d.delivered())
+    }
+}
+
+/// A task with fresh URLs for its images (minted on every read, never stored).
+#[derive(Debug, Clone)]
+pub struct TaskView {
+    pub task: Task,
+    pub image_urls: Vec<String>,
+}
+
+impl TaskView {
+    /// Mints a URL valid for `ttl` for each image of a succeeded task.
+    pub async fn mint(
+        task: Task,
+        images: &dyn crate::ports::ImageStore,
+        ttl: std::time::Duration,
+    ) -> Result<TaskView, crate::ports::StoreError> {
+        let mut image_urls = Vec::new();
+        if task.status == TaskStatus::Succeeded {
+            for image in &task.images {
+                image_urls.push(images.url(&image.key, ttl).await?);
+            }
+        }
+        Ok(TaskView { task, image_urls })
+    }
 }
 
 impl Task {
@@ -197,6 +252,7 @@ impl Task {
             warnings: Vec::new(),
             error: None,
             timings: Timings::default(),
+            deliveries: Vec::new(),
         }
     }
 }

@@ -10,7 +10,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::generator::{GenerateError, Generation, GenerationSpec, Generator, ProgressSink};
 use crate::png::encode_png;
-use crate::ports::{Claim, Delivery, ImageStore, Job, JobQueue, StoreError, TaskStore};
+use crate::ports::{Claim, Delivery, ImageStore, Job, JobQueue, Notice, NoticeQueue, StoreError, TaskStore};
 use crate::task::{Completion, ImageRecord, Progress, RunRecord, Task, TaskError, TaskId};
 
 #[derive(Debug, Clone)]
@@ -21,6 +21,12 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// Minimum interval between progress writes to the task store.
     pub progress_interval: Duration,
+    /// The queue's maximum receives before dead-lettering (SQS `maxReceiveCount`). A job that fails
+    /// transiently on its last receive fails its task instead, so no task stays queued forever.
+    pub max_receives: u32,
+    /// When [`Worker::run`] is asked to stop during a generation, how long the generation may
+    /// still take. After that it is abandoned: its job and task go back for another worker.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -29,6 +35,8 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(120),
             heartbeat: Duration::from_secs(30),
             progress_interval: Duration::from_millis(500),
+            max_receives: 3,
+            shutdown_grace: Duration::from_secs(20),
         }
     }
 }
@@ -44,7 +52,8 @@ pub enum JobOutcome {
 
 pub struct Worker {
     tasks: Arc<dyn TaskStore>,
-    jobs: Arc<dyn JobQueue>,
+    jobs: Arc<JobQueue>,
+    notices: Arc<NoticeQueue>,
     images: Arc<dyn ImageStore>,
     generator: Arc<dyn Generator>,
     config: WorkerConfig,
@@ -82,31 +91,79 @@ impl ProgressSink for ChannelSink {
 impl Worker {
     pub fn new(
         tasks: Arc<dyn TaskStore>,
-        jobs: Arc<dyn JobQueue>,
+        jobs: Arc<JobQueue>,
+        notices: Arc<NoticeQueue>,
         images: Arc<dyn ImageStore>,
         generator: Arc<dyn Generator>,
         config: WorkerConfig,
     ) -> Self {
-        Worker { tasks, jobs, images, generator, config }
+        Worker { tasks, jobs, notices, images, generator, config }
     }
 
     pub fn config(&self) -> &WorkerConfig {
         &self.config
     }
 
-    /// Runs one job. Never panics on bad data; store failures ask for a redelivery.
-    pub async fn process(&self, job: &Job, receipt: Option<&str>) -> JobOutcome {
-        match self.try_process(job, receipt).await {
+    /// Runs one received job. Never panics on bad data. Storage failures ask for a redelivery,
+    /// except on the job's last receive, where the task is failed instead (best effort).
+    ///
+    /// `extend_visibility`: keep the message invisible with heartbeats while generating (a
+    /// polling worker; on Lambda the event source mapping owns the message's visibility).
+    pub async fn process(&self, delivery: &Delivery<Job>, extend_visibility: bool) -> JobOutcome {
+        self.process_with(delivery, extend_visibility, None).await
+    }
+
+    async fn process_with(
+        &self,
+        delivery: &Delivery<Job>,
+        extend_visibility: bool,
+        shutdown: Option<watch::Receiver<bool>>,
+    ) -> JobOutcome {
+        let receipt = extend_visibility.then_some(delivery.receipt.as_str());
+        let task_id = delivery.message.task_id;
+        match self.try_process(task_id, receipt, shutdown).await {
             Ok(outcome) => outcome,
+            Err(err) if delivery.receive_count >= self.config.max_receives => {
+                tracing::error!(%task_id, error = %err, cause = ?std::error::Error::source(&err), receives = delivery.receive_count, "job failed on its last receive; failing the task");
+                self.give_up(task_id).await
+            }
             Err(err) => {
-                tracing::error!(task_id = %job.task_id, error = %err, cause = ?std::error::Error::source(&err), "job failed; leaving it for redelivery");
+                tracing::error!(%task_id, error = %err, cause = ?std::error::Error::source(&err), "job failed; leaving it for redelivery");
                 JobOutcome::Retry
             }
         }
     }
 
-    /// Polls the queue and processes jobs one at a time until `shutdown` turns true.
-    /// A job in progress when shutdown is asked for is finished first.
+    /// Fails a task whose job will not be delivered again. If even that fails, the message is left
+    /// to the dead-letter queue, where an operator can see it.
+    async fn give_up(&self, task_id: TaskId) -> JobOutcome {
+        let now = OffsetDateTime::now_utc();
+        let failed = Completion::Failed {
+            error: TaskError {
+                code: "generation_failed".into(),
+                message: "the task could not be run after several attempts; the operator's logs have the cause".into(),
+            },
+            run: None,
+            warnings: vec![],
+        };
+        let outcome = async {
+            if let Claim::Claimed(_) = self.tasks.claim(task_id, self.config.lease, now).await? {
+                self.finish(task_id, failed, now).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        match outcome.await {
+            Ok(()) => JobOutcome::Done,
+            Err(err) => {
+                tracing::error!(%task_id, error = %err, "failing the task failed too; the job goes to the dead-letter queue");
+                JobOutcome::Retry
+            }
+        }
+    }
+
+    /// Polls the queue and processes jobs one at a time until `shutdown` turns true. A generation
+    /// in progress then gets [`WorkerConfig::shutdown_grace`] to finish; after that it is abandoned
+    /// and its job made visible again at once, so another worker takes it over.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
         let wait = Duration::from_secs(1);
         while !*shutdown.borrow() {
@@ -117,36 +174,45 @@ impl Worker {
             match deliveries {
                 Ok(deliveries) => {
                     for delivery in deliveries {
-                        self.handle_delivery(&delivery).await;
+                        self.handle_delivery(&delivery, shutdown.clone()).await;
                     }
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "receiving jobs failed; retrying shortly");
+                    tracing::error!(error = %err, cause = ?std::error::Error::source(&err), "receiving jobs failed; retrying shortly");
                     tokio::time::sleep(wait).await;
                 }
             }
         }
     }
 
-    async fn handle_delivery(&self, delivery: &Delivery) {
-        if self.process(&delivery.job, Some(&delivery.receipt)).await == JobOutcome::Done
+    async fn handle_delivery(&self, delivery: &Delivery<Job>, shutdown: watch::Receiver<bool>) {
+        if self.process_with(delivery, true, Some(shutdown)).await == JobOutcome::Done
             && let Err(err) = self.jobs.ack(&delivery.receipt).await
         {
             // The job comes back after its visibility timeout and is then acknowledged without work.
-            tracing::warn!(task_id = %delivery.job.task_id, error = %err, "acknowledging a job failed");
+            tracing::warn!(task_id = %delivery.message.task_id, error = %err, "acknowledging a job failed");
         }
     }
 
-    async fn try_process(&self, job: &Job, receipt: Option<&str>) -> Result<JobOutcome, StoreError> {
+    async fn try_process(
+        &self,
+        task_id: TaskId,
+        receipt: Option<&str>,
+        shutdown: Option<watch::Receiver<bool>>,
+    ) -> Result<JobOutcome, StoreError> {
         let claimed_at = OffsetDateTime::now_utc();
-        let task = match self.tasks.claim(job.task_id, self.config.lease, claimed_at).await? {
+        let task = match self.tasks.claim(task_id, self.config.lease, claimed_at).await? {
             Claim::Claimed(task) => *task,
             Claim::NotClaimable(status) => {
-                tracing::info!(task_id = %job.task_id, %status, "task is not claimable; acknowledging the job without work");
+                tracing::info!(%task_id, %status, "task is not claimable; acknowledging the job without work");
+                if status.is_terminal() {
+                    // The worker that finished it may have died before queueing its notice.
+                    self.notice_if_owed(task_id).await?;
+                }
                 return Ok(JobOutcome::Done);
             }
             Claim::Missing => {
-                tracing::warn!(task_id = %job.task_id, "job for an unknown task; dropping it");
+                tracing::warn!(%task_id, "job for an unknown task; dropping it");
                 return Ok(JobOutcome::Done);
             }
         };
@@ -176,7 +242,15 @@ impl Worker {
         };
 
         let started = Instant::now();
-        let result = self.generate_with_heartbeat(&task, spec, receipt).await?;
+        let Some(result) = self.generate_with_heartbeat(&task, spec, receipt, shutdown).await? else {
+            // Abandoned at shutdown: hand the task and its job back for another worker, now.
+            tracing::warn!(task_id = %task.id, "shutting down mid-generation; handing the task back");
+            self.tasks.extend_lease(task.id, Duration::ZERO, OffsetDateTime::now_utc()).await?;
+            if let Some(receipt) = receipt {
+                self.jobs.extend(receipt, Duration::ZERO).await?;
+            }
+            return Ok(JobOutcome::Retry);
+        };
         let generate_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
         let completion = match result {
@@ -199,23 +273,46 @@ impl Worker {
                 }
             }
         };
-        let status = completion.status();
-        match self.tasks.complete(task.id, completion, OffsetDateTime::now_utc()).await? {
-            Some(_) => tracing::info!(task_id = %task.id, %status, generate_ms, "task finished"),
-            None => tracing::warn!(task_id = %task.id, "task was finished elsewhere meanwhile; result discarded"),
-        }
+        self.finish(task.id, completion, OffsetDateTime::now_utc()).await?;
         Ok(JobOutcome::Done)
+    }
+
+    /// The terminal write, then the notice for the callback (if the task has one).
+    async fn finish(&self, task_id: TaskId, completion: Completion, now: OffsetDateTime) -> Result<(), StoreError> {
+        let status = completion.status();
+        match self.tasks.complete(task_id, completion, now).await? {
+            Some(task) => {
+                tracing::info!(%task_id, %status, generate_ms = ?task.timings.generate_ms, "task finished");
+                if task.callback_pending() {
+                    self.notices.send(&Notice { task_id }).await?;
+                }
+            }
+            None => tracing::warn!(%task_id, "task was finished elsewhere meanwhile; result discarded"),
+        }
+        Ok(())
+    }
+
+    async fn notice_if_owed(&self, task_id: TaskId) -> Result<(), StoreError> {
+        if let Some(task) = self.tasks.get(task_id).await?
+            && task.status.is_terminal()
+            && task.callback_pending()
+        {
+            self.notices.send(&Notice { task_id }).await?;
+        }
+        Ok(())
     }
 
     /// Runs the engine on a blocking thread while this task keeps the lease and the job's
     /// visibility alive and writes progress. If the task stops being `running` (canceled, or
-    /// taken over after a lost lease), the engine is asked to stop.
+    /// taken over after a lost lease), the engine is asked to stop. `None`: abandoned because
+    /// `shutdown` turned true and the grace period ran out.
     async fn generate_with_heartbeat(
         &self,
         task: &Task,
         spec: GenerationSpec,
         receipt: Option<&str>,
-    ) -> Result<Result<Generation, GenerateError>, StoreError> {
+        shutdown: Option<watch::Receiver<bool>>,
+    ) -> Result<Option<Result<Generation, GenerateError>>, StoreError> {
         let (tx, mut rx) = watch::channel(None);
         let sink = Arc::new(ChannelSink { progress: tx, cancel: AtomicBool::new(false) });
         let generator = Arc::clone(&self.generator);
@@ -227,13 +324,36 @@ impl Worker {
         heartbeat.tick().await; // the first tick is immediate
         let mut progress_tick = tokio::time::interval(self.config.progress_interval);
         progress_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let stop_asked = async move {
+            match shutdown {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop_asked);
+        let grace_over = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(grace_over);
+        let (mut stopping, mut abandoned) = (false, false);
         loop {
             tokio::select! {
                 joined = &mut handle => {
-                    return Ok(joined.unwrap_or_else(|join_err| Err(GenerateError::Engine {
+                    let result = joined.unwrap_or_else(|join_err| Err(GenerateError::Engine {
                         message: "the generator panicked".into(),
                         source: Some(Box::new(join_err)),
-                    })));
+                    }));
+                    // A generation that finished despite the stop request is kept.
+                    let cut_short = abandoned && matches!(result, Err(GenerateError::Cancelled));
+                    return Ok((!cut_short).then_some(result));
+                }
+                () = &mut stop_asked, if !stopping => {
+                    stopping = true;
+                    grace_over.as_mut().reset(tokio::time::Instant::now() + self.config.shutdown_grace);
+                }
+                () = &mut grace_over, if stopping && !abandoned => {
+                    abandoned = true;
+                    sink.cancel.store(true, Ordering::Relaxed);
                 }
                 _ = heartbeat.tick() => {
                     let still_running = self.tasks.extend_lease(task.id, self.config.lease, OffsetDateTime::now_utc()).await?;

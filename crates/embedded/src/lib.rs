@@ -1,5 +1,6 @@
 //! easel-embedded: the backends `easel serve` uses on one machine, in one data folder:
-//! a SQLite database (`easel.db`: tasks, API keys, the jobs queue and its dead-letter queue) and a
+//! a SQLite database (`easel.db`: tasks, API keys, the jobs and notices queues with their
+//! dead-letter queues) and a
 //! folder of images served back through signed, expiring URLs.
 //!
 //! One process owns a data folder at a time ([`EmbeddedBackend::open`] takes a lock on it); CLI
@@ -16,7 +17,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use easel_core::ports::StoreError;
+use easel_core::ports::{Job, Notice, StoreError};
 
 pub use images::{FILES_ROUTE, FileAccessError, FsImageStore};
 pub use keys::SqliteKeyStore;
@@ -25,6 +26,8 @@ pub use tasks::SqliteTaskStore;
 
 /// Name of the jobs queue in the database.
 pub const JOBS_QUEUE: &str = "jobs";
+/// Name of the callback notices queue in the database.
+pub const NOTICES_QUEUE: &str = "notices";
 
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
@@ -38,7 +41,8 @@ pub struct EmbeddedOptions {
 #[derive(Debug, Clone)]
 pub struct EmbeddedBackend {
     pub tasks: Arc<SqliteTaskStore>,
-    pub jobs: Arc<SqliteQueue>,
+    pub jobs: Arc<SqliteQueue<Job>>,
+    pub notices: Arc<SqliteQueue<Notice>>,
     pub images: Arc<FsImageStore>,
     pub keys: Arc<SqliteKeyStore>,
     data_dir: PathBuf,
@@ -77,6 +81,7 @@ impl EmbeddedBackend {
         Ok(EmbeddedBackend {
             tasks: Arc::new(SqliteTaskStore::new(db.clone())),
             jobs: Arc::new(SqliteQueue::new(db.clone(), JOBS_QUEUE, options.max_receives)),
+            notices: Arc::new(SqliteQueue::new(db.clone(), NOTICES_QUEUE, options.max_receives)),
             images: Arc::new(FsImageStore::new(data_dir.join("objects"), &options.public_base_url, signing_key)),
             keys: Arc::new(SqliteKeyStore::new(db)),
             data_dir: data_dir.to_path_buf(),
@@ -99,7 +104,7 @@ impl EmbeddedBackend {
             Err(std::fs::TryLockError::WouldBlock) => return Err(OpenError::InUse(self.data_dir.clone())),
             Err(std::fs::TryLockError::Error(e)) => return Err(folder_err(&path)(e)),
         }
-        let jobs = self.jobs.release_in_flight()?;
+        let jobs = self.jobs.release_in_flight()? + self.notices.release_in_flight()?;
         let leases = self.tasks.expire_all_leases()?;
         if jobs + leases > 0 {
             tracing::info!(jobs, running_tasks = leases, "recovered work left in flight by a previous process");

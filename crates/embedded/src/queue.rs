@@ -1,21 +1,26 @@
 //! SQLite queue with SQS semantics: visibility timeout, receive count, redelivery, and a
 //! dead-letter queue after a maximum number of receives.
 
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use easel_core::ports::{Delivery, Job, JobQueue, StoreError};
+use easel_core::ports::{Delivery, Queue, StoreError};
 use rusqlite::{TransactionBehavior, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
 
 use crate::db::{Db, duration_ms, sql_err, unix_ms};
 
-#[derive(Debug, Clone)]
-pub struct SqliteQueue {
+/// A queue of `M`s (a job or a notice), stored as JSON bodies.
+#[derive(Debug)]
+pub struct SqliteQueue<M> {
     db: Db,
     name: String,
     dead_letter: String,
     max_receives: u32,
+    _message: PhantomData<fn() -> M>,
 }
 
 /// A message body as received, before decoding.
@@ -26,11 +31,17 @@ pub struct RawDelivery {
     pub receive_count: u32,
 }
 
-impl SqliteQueue {
+impl<M> SqliteQueue<M> {
     /// `name` and `{name}-dlq` live in the shared `messages` table. A message received
     /// `max_receives` times without being acknowledged moves to the dead-letter queue.
     pub(crate) fn new(db: Db, name: &str, max_receives: u32) -> Self {
-        SqliteQueue { db, name: name.to_owned(), dead_letter: format!("{name}-dlq"), max_receives: max_receives.max(1) }
+        SqliteQueue {
+            db,
+            name: name.to_owned(),
+            dead_letter: format!("{name}-dlq"),
+            max_receives: max_receives.max(1),
+            _message: PhantomData,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -155,21 +166,24 @@ impl SqliteQueue {
 }
 
 #[async_trait]
-impl JobQueue for SqliteQueue {
-    async fn send(&self, job: &Job) -> Result<(), StoreError> {
-        let body = serde_json::to_string(job).map_err(|e| StoreError::Corrupt(format!("job: {e}")))?;
+impl<M> Queue<M> for SqliteQueue<M>
+where
+    M: Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn send(&self, message: &M) -> Result<(), StoreError> {
+        let body = serde_json::to_string(message).map_err(|e| StoreError::Corrupt(format!("message: {e}")))?;
         self.send_raw(&body)
     }
 
-    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
+    async fn receive(&self, max: u32, visibility: Duration, wait: Duration) -> Result<Vec<Delivery<M>>, StoreError> {
         let raw = self.receive_raw(max, visibility, wait).await?;
         let mut out = Vec::with_capacity(raw.len());
         for d in raw {
-            match serde_json::from_str::<Job>(&d.body) {
-                Ok(job) => out.push(Delivery { job, receipt: d.receipt, receive_count: d.receive_count }),
+            match serde_json::from_str::<M>(&d.body) {
+                Ok(message) => out.push(Delivery { message, receipt: d.receipt, receive_count: d.receive_count }),
                 Err(e) => {
-                    // A body no worker can read never becomes readable: drop it loudly.
-                    tracing::error!(queue = %self.name, error = %e, "dropping an unreadable job message");
+                    // A body no consumer can read never becomes readable: drop it loudly.
+                    tracing::error!(queue = %self.name, error = %e, "dropping an unreadable message");
                     self.ack_raw(&d.receipt)?;
                 }
             }

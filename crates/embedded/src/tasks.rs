@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use easel_core::ports::{Claim, Inserted, StoreError, TaskStore};
-use easel_core::task::{Completion, Progress, Task, TaskId, TaskStatus};
+use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 
@@ -160,5 +160,17 @@ impl TaskStore for SqliteTaskStore {
         write(&tx, &task, None)?;
         tx.commit().map_err(sql_err("completing a task"))?;
         Ok(Some(task))
+    }
+
+    async fn record_delivery(&self, id: TaskId, attempt: CallbackAttempt) -> Result<bool, StoreError> {
+        let mut conn = self.db.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err("recording a callback delivery"))?;
+        let Some((mut task, lease)) = read(&tx, id)? else { return Ok(false) };
+        task.deliveries.push(attempt);
+        write(&tx, &task, lease)?;
+        tx.commit().map_err(sql_err("recording a callback delivery"))?;
+        Ok(true)
     }
 }

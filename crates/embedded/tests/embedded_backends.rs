@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use easel_core::ports::{Claim, Inserted, Job, JobQueue, TaskStore};
+use easel_core::ports::{Claim, Inserted, Job, Queue, TaskStore};
 use easel_core::request::{Dialect, GenerationRequest};
 use easel_core::task::{Completion, Progress, Task, TaskError, TaskStatus};
 use easel_embedded::{EmbeddedBackend, EmbeddedOptions};
@@ -111,7 +111,7 @@ async fn an_unacknowledged_job_comes_back_after_its_visibility_timeout() {
     let vis = Duration::from_millis(300);
     let first = b.jobs.receive(10, vis, Duration::ZERO).await.unwrap();
     assert_eq!(first.len(), 1);
-    assert_eq!((first[0].job, first[0].receive_count), (job, 1));
+    assert_eq!((first[0].message, first[0].receive_count), (job, 1));
     assert!(b.jobs.receive(10, vis, Duration::ZERO).await.unwrap().is_empty(), "invisible while in flight");
     let again = b.jobs.receive(10, vis, Duration::from_secs(2)).await.unwrap();
     assert_eq!(again.len(), 1);
