@@ -1,0 +1,130 @@
+//! The worker: claims a task, runs the diffusion engine, stores the images, finishes the task and
+//! queues its callback notice. Two ways to be fed the same jobs queue:
+//!
+//! - as a Lambda function, by the SQS event source mapping ([`JobHandler::handle`]): a transient
+//!   failure is reported as a batch item failure (SQS redelivers that message only), a permanent
+//!   one fails the task and acknowledges the message;
+//! - as a long-running process on a GPU host (`easel-worker --poll`, or `easel worker --poll`):
+//!   [`poll`] receives jobs itself, keeps them invisible while generating, and on SIGTERM hands
+//!   the job in progress back to the queue.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig};
+use easel_core::generator::Generator;
+use easel_core::ports::{Delivery, Job};
+use easel_core::worker::{JobOutcome, Worker, WorkerConfig};
+use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub aws: AwsSettings,
+    /// The ONNX model folder (`EASEL_MODEL_DIR`; in the container image, `/opt/easel/model`).
+    pub model_dir: PathBuf,
+    pub worker: WorkerConfig,
+}
+
+impl Config {
+    /// Reads the configuration from the process environment, once, at start.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut env = EnvReader::new();
+        let aws = AwsSettings::read(&mut env, lookup, Needs { jobs: true, notices: true });
+        let model_dir = PathBuf::from(env.required(lookup, "EASEL_MODEL_DIR"));
+        let defaults = WorkerConfig::default();
+        let lease: u64 = env.parsed(lookup, "EASEL_LEASE_SECONDS", defaults.lease.as_secs(), "a number of seconds");
+        let max_receives = env.parsed(lookup, "EASEL_MAX_RECEIVES", defaults.max_receives, "a whole number");
+        let grace: u64 = env.parsed(
+            lookup,
+            "EASEL_SHUTDOWN_GRACE_SECONDS",
+            defaults.shutdown_grace.as_secs(),
+            "a number of seconds",
+        );
+        if lease < 10 {
+            env.problem("EASEL_LEASE_SECONDS must be at least 10".to_owned());
+        }
+        let lease = Duration::from_secs(lease.max(10));
+        let worker = WorkerConfig {
+            lease,
+            // Three heartbeats per lease: one lost write does not lose the task.
+            heartbeat: lease / 3,
+            max_receives: max_receives.max(1),
+            shutdown_grace: Duration::from_secs(grace),
+            ..defaults
+        };
+        env.finish(Config { aws, model_dir, worker })
+    }
+}
+
+/// Initialises ONNX Runtime (`ORT_DYLIB_PATH`, else `.easel/onnxruntime/` above the working or
+/// the executable's folder) and loads the model. Done once, at cold start.
+pub fn load_generator(
+    model_dir: &std::path::Path,
+) -> Result<Arc<dyn Generator>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut dirs: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
+    dirs.extend(std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)));
+    let runtime = OrtRuntime::init_discovered(&dirs)?;
+    Ok(Arc::new(Pipeline::load(runtime, model_dir, &PipelineOptions::default())?))
+}
+
+pub fn worker(config: &Config, sdk: &SdkConfig, generator: Arc<dyn Generator>) -> Worker {
+    let backend = AwsBackend::new(sdk, &config.aws);
+    Worker::new(backend.tasks, backend.jobs, backend.notices, backend.images, generator, config.worker.clone())
+}
+
+/// The Lambda handler: one SQS batch of jobs.
+#[derive(Debug)]
+pub struct JobHandler {
+    worker: Worker,
+}
+
+impl JobHandler {
+    pub fn new(worker: Worker) -> Self {
+        JobHandler { worker }
+    }
+
+    /// Processes the batch's messages in turn. Never fails as a whole: only the messages that
+    /// should come back are listed as failures.
+    pub async fn handle(&self, event: SqsEvent) -> SqsBatchResponse {
+        let mut response = SqsBatchResponse::default();
+        for record in event.records {
+            let id = record.message_id.clone().unwrap_or_default();
+            let outcome = match delivery_of::<Job>(&record) {
+                Ok(delivery) => self.worker.process(&delivery, false).await,
+                Err(reason) => {
+                    // Permanent: the same bytes will never parse. Acknowledge (and log) it.
+                    tracing::error!(message_id = %id, %reason, "dropping an unreadable job message");
+                    JobOutcome::Done
+                }
+            };
+            if outcome == JobOutcome::Retry {
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = id;
+                response.batch_item_failures.push(failure);
+            }
+        }
+        response
+    }
+}
+
+/// An SQS event record as a [`Delivery`]: the decoded body, the receipt and the receive count.
+pub fn delivery_of<M: serde::de::DeserializeOwned>(record: &SqsMessage) -> Result<Delivery<M>, String> {
+    let body = record.body.as_deref().ok_or("the message has no body")?;
+    let message = serde_json::from_str(body).map_err(|e| format!("the body is not a valid message: {e}"))?;
+    let receive_count = record.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
+    Ok(Delivery { message, receipt: record.receipt_handle.clone().unwrap_or_default(), receive_count })
+}
+
+/// The long-running mode: receive and process jobs until `shutdown` turns true.
+pub async fn poll(worker: Worker, shutdown: watch::Receiver<bool>) {
+    tracing::info!("polling the jobs queue");
+    worker.run(shutdown).await;
+    tracing::info!("stopped polling");
+}
