@@ -2,6 +2,9 @@
 //! binary, and an HTTP client that speaks the dialects.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod contract;
+pub mod moto;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};

@@ -9,6 +9,7 @@
 //! variables apply: `AWS_REGION`, credentials, and `AWS_ENDPOINT_URL` to point at an emulator.
 
 pub mod dynamo;
+pub mod provision;
 mod s3;
 pub mod sqs;
 

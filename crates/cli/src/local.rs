@@ -234,7 +234,7 @@ struct FileQuery {
 }
 
 /// `GET /files/{key}?expires=…&signature=…`: what an S3 presigned URL does, for local images.
-fn files_router(store: Arc<FsImageStore>) -> Router {
+pub fn files_router(store: Arc<FsImageStore>) -> Router {
     Router::new().route("/files/{*key}", get(serve_file)).with_state(store)
 }
 
