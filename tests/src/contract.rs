@@ -31,7 +31,7 @@ pub struct Ports {
 #[allow(missing_debug_implementations)]
 pub enum Backend {
     Embedded { backend: EmbeddedBackend, _dir: tempfile::TempDir, _server: tokio::task::JoinHandle<()> },
-    Aws(AwsEnv),
+    Aws(Box<AwsEnv>),
 }
 
 impl Ports {
@@ -64,7 +64,7 @@ impl Ports {
             jobs: env.backend.jobs.clone(),
             images: env.backend.images.clone(),
             keys: env.backend.keys.clone(),
-            backend: Backend::Aws(env),
+            backend: Backend::Aws(Box::new(env)),
         }
     }
 

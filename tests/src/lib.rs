@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod contract;
-pub mod moto;
+pub mod lambda;
+
+pub use easel_testkit::moto;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -15,9 +17,7 @@ use easel_core::worker::WorkerConfig;
 use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions};
 use serde_json::Value;
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
+pub use easel_testkit::workspace_root;
 
 pub fn tiny_model_dir() -> PathBuf {
     workspace_root().join("models/tiny-sd")

@@ -216,6 +216,20 @@ impl Worker {
                 return Ok(JobOutcome::Done);
             }
         };
+        let result = self.run_claimed(task, receipt, shutdown).await;
+        if result.is_err() {
+            // Let the redelivered job claim the task at once instead of after the lease.
+            let _ = self.tasks.extend_lease(task_id, Duration::ZERO, OffsetDateTime::now_utc()).await;
+        }
+        result
+    }
+
+    async fn run_claimed(
+        &self,
+        task: Task,
+        receipt: Option<&str>,
+        shutdown: Option<watch::Receiver<bool>>,
+    ) -> Result<JobOutcome, StoreError> {
         tracing::info!(task_id = %task.id, attempt = task.attempts, images = task.request.num_images(), "generating");
 
         let descriptor = self.generator.descriptor().clone();

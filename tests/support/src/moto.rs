@@ -16,6 +16,8 @@ use crate::workspace_root;
 #[derive(Debug)]
 pub struct Moto {
     pub endpoint: String,
+    /// The watchdog shell; it outlives this process only long enough to stop the server.
+    _watchdog: std::process::Child,
 }
 
 /// Where `moto_server` is: `$EASEL_MOTO_SERVER`, else the project's tools folder (`make setup`).
@@ -46,7 +48,7 @@ pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
         let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .arg("-c")
             .arg(WATCHDOG)
             .arg("sh")
@@ -61,7 +63,7 @@ pub fn moto() -> &'static Moto {
             assert!(Instant::now() < deadline, "moto_server did not listen on port {port} within 60 s");
             std::thread::sleep(Duration::from_millis(100));
         }
-        Moto { endpoint: format!("http://127.0.0.1:{port}") }
+        Moto { endpoint: format!("http://127.0.0.1:{port}"), _watchdog: watchdog }
     })
 }
 
