@@ -12,15 +12,21 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/.easel/onnxruntime/libonnxruntime.so.$(ORT_VE
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/easel/target
 CARGO ?= cargo
 
-.PHONY: help setup run test build lint fmt
+TOOLS := $(CURDIR)/.easel/tools/bin
+
+.PHONY: help setup setup-test run test build lint lint-template fmt
 
 help:
 	@echo "make run    set up, then serve the API on http://127.0.0.1:8080 with the bundled model"
 	@echo "make test   set up, then run formatting, lint and the whole test suite"
 	@echo "make setup  install the ONNX Runtime library into .easel/ (idempotent)"
+	@echo "make setup-test  also install the test tools (moto, cfn-lint, cargo-lambda) into .easel/tools"
 
 setup:
 	@bash infra/setup.sh
+
+setup-test:
+	@bash infra/setup.sh --test-tools
 
 build: setup
 	$(CARGO) build --workspace --locked
@@ -35,5 +41,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-test: setup lint
+# The SAM template: cfn-lint (offline) catches schema, reference and policy mistakes.
+lint-template: setup-test
+	$(TOOLS)/cfn-lint template.yaml
+
+test: setup-test lint lint-template
 	$(CARGO) test --workspace --locked --no-fail-fast

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Installs what easel needs that cargo does not: the ONNX Runtime shared library, taken from the
-# PyPI `onnxruntime` wheel (the only place we may fetch it from), into .easel/onnxruntime/.
-# Idempotent: a second run checks one file and exits.
+# Installs what easel needs that cargo does not:
+# - the ONNX Runtime shared library, taken from the PyPI `onnxruntime` wheel (the only place we
+#   may fetch it from), into .easel/onnxruntime/;
+# - with --test-tools, the Python tools the test suite runs (moto_server, cfn-lint, cargo-lambda;
+#   pinned in infra/test-tools.txt) into the virtual environment .easel/tools/.
+# Idempotent: a second run checks a stamp file per part and exits.
 set -euo pipefail
 
 ORT_VERSION="${EASEL_ORT_VERSION:-1.31.1}"
@@ -9,20 +12,56 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.easel/onnxruntime"
 lib="$dest/libonnxruntime.so.$ORT_VERSION"
 
+test_tools=false
+for arg in "$@"; do
+  case "$arg" in
+    --test-tools) test_tools=true ;;
+    *) echo "usage: infra/setup.sh [--test-tools]" >&2; exit 2 ;;
+  esac
+done
+
+find_python() {
+  for candidate in python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1; then echo "$candidate"; return; fi
+  done
+  echo "setup: Python 3 is required (for pip, the only source of ONNX Runtime and the test tools)." >&2
+  echo "       Install it (Debian/Ubuntu: apt-get install python3 python3-pip python3-venv) and run this again." >&2
+  exit 1
+}
+
+install_test_tools() {
+  local venv="$root/.easel/tools" requirements="$root/infra/test-tools.txt"
+  local want
+  want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [[ -x "$venv/bin/moto_server" && "$(cat "$venv/STAMP" 2>/dev/null)" == "$want" ]]; then
+    echo "setup: test tools already installed in .easel/tools"
+    return
+  fi
+  local python
+  python="$(find_python)"
+  if [[ ! -x "$venv/bin/pip" ]]; then
+    rm -rf "$venv"
+    if ! "$python" -m venv "$venv"; then
+      echo "setup: cannot create a virtual environment; on Debian/Ubuntu: apt-get install python3-venv" >&2
+      exit 1
+    fi
+  fi
+  echo "setup: installing the test tools (moto, cfn-lint, cargo-lambda) from PyPI into .easel/tools…"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  echo "$want" > "$venv/STAMP"
+  echo "setup: test tools installed in .easel/tools"
+}
+
+if $test_tools; then
+  install_test_tools
+fi
+
 if [[ -s "$lib" && "$(cat "$dest/VERSION" 2>/dev/null)" == "$ORT_VERSION" ]]; then
   echo "setup: ONNX Runtime $ORT_VERSION already installed at ${lib#"$root"/}"
   exit 0
 fi
 
-python=""
-for candidate in python3 python; do
-  if command -v "$candidate" >/dev/null 2>&1; then python="$candidate"; break; fi
-done
-if [[ -z "$python" ]]; then
-  echo "setup: Python 3 is required to fetch ONNX Runtime from PyPI, and none was found." >&2
-  echo "       Install it (Debian/Ubuntu: apt-get install python3 python3-pip) and run this again." >&2
-  exit 1
-fi
+python="$(find_python)"
 if ! "$python" -m pip --version >/dev/null 2>&1; then
   echo "setup: pip is missing for $python." >&2
   echo "       Install it (Debian/Ubuntu: apt-get install python3-pip, or: $python -m ensurepip) and run this again." >&2

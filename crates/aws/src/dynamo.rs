@@ -374,6 +374,11 @@ impl DynamoKeyStore {
         DynamoKeyStore { client, table: table.to_owned() }
     }
 
+    /// A key store on `table` with a client of its own (for `easel keys --aws-table`).
+    pub fn for_table(sdk: &aws_config::SdkConfig, table: &str) -> Self {
+        DynamoKeyStore::new(Client::new(sdk), table)
+    }
+
     /// Every key item, through the index (eventually consistent, like any GSI read).
     async fn all(&self) -> Result<Vec<KeyItem>, StoreError> {
         let mut items = Vec::new();

@@ -42,6 +42,13 @@ enum Command {
         #[command(flatten)]
         data: DataArgs,
     },
+    /// Run the AWS worker as a long-running SQS consumer (GPU hosts): the same code as the worker
+    /// function, configured by the same environment variables (docs/configuration.md).
+    Worker {
+        /// Poll the jobs queue until SIGTERM (required: the event-fed form is the Lambda function).
+        #[arg(long)]
+        poll: bool,
+    },
     /// Show what a model folder contains and its defaults.
     Models {
         #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
@@ -54,6 +61,10 @@ struct DataArgs {
     /// Folder for the database and images.
     #[arg(long, env = "EASEL_DATA_DIR", default_value = ".easel/data", global = true)]
     data_dir: PathBuf,
+    /// Manage the keys of a deployed stack instead: its DynamoDB table (the TasksTableName
+    /// output), with AWS credentials and region from the usual AWS environment.
+    #[arg(long, env = "EASEL_TABLE", global = true)]
+    aws_table: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +174,7 @@ async fn main() -> std::process::ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Generate(args) => generate(args).await,
         Command::Keys { command, data } => keys(command, data).await,
+        Command::Worker { poll } => worker(poll).await,
         Command::Models { model } => models(model),
     };
     match result {
@@ -232,10 +244,26 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
+async fn worker(poll: bool) -> anyhow::Result<()> {
+    if !poll {
+        bail!("`easel worker` runs only as a poller: add --poll (on Lambda, the worker function is fed by SQS)");
+    }
+    let config = easel_fn_worker::Config::from_env()?;
+    easel_fn_worker::poll(&config).await.map_err(|e| anyhow::anyhow!(e))
+}
+
 async fn keys(command: KeysCommand, data: DataArgs) -> anyhow::Result<()> {
-    let backend =
-        EmbeddedBackend::open(&data.data_dir, &EmbeddedOptions { public_base_url: String::new(), max_receives: 3 })?;
-    let store: &dyn KeyStore = backend.keys.as_ref();
+    let store: Arc<dyn KeyStore> = match &data.aws_table {
+        Some(table) => {
+            let sdk = easel_aws::AwsBackend::load_sdk_config().await;
+            Arc::new(easel_aws::DynamoKeyStore::for_table(&sdk, table))
+        }
+        None => {
+            let options = EmbeddedOptions { public_base_url: String::new(), max_receives: 3 };
+            EmbeddedBackend::open(&data.data_dir, &options)?.keys
+        }
+    };
+    let store: &dyn KeyStore = store.as_ref();
     match command {
         KeysCommand::Create { name } => {
             let new = create_key(store, &name).await?;

@@ -122,9 +122,36 @@ pub fn delivery_of<M: serde::de::DeserializeOwned>(record: &SqsMessage) -> Resul
     Ok(Delivery { message, receipt: record.receipt_handle.clone().unwrap_or_default(), receive_count })
 }
 
-/// The long-running mode: receive and process jobs until `shutdown` turns true.
-pub async fn poll(worker: Worker, shutdown: watch::Receiver<bool>) {
-    tracing::info!("polling the jobs queue");
-    worker.run(shutdown).await;
+/// The long-running mode: loads the model, then receives and processes jobs until SIGTERM or
+/// Ctrl-C. The job in progress then gets `EASEL_SHUTDOWN_GRACE_SECONDS` to finish before it is
+/// handed back to the queue for another worker.
+pub async fn poll(config: &Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let model_dir = config.model_dir.clone();
+    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir)).await??;
+    let sdk = AwsBackend::load_sdk_config().await;
+    let worker = worker(config, &sdk, generator);
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_termination().await;
+        tracing::info!("termination requested; finishing or handing back the job in progress");
+        let _ = stop.send(true);
+    });
+    tracing::info!(queue = %config.aws.jobs_queue_url, "polling the jobs queue");
+    worker.run(stopped).await;
     tracing::info!("stopped polling");
+    Ok(())
+}
+
+async fn wait_for_termination() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
