@@ -3,9 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
 pub mod contract;
-pub mod lambda;
-
-pub use easel_testkit::moto;
+pub use easel_testkit::{lambda, moto};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

@@ -1,6 +1,7 @@
 //! Test support that any crate of the workspace can use as a dev-dependency.
 #![allow(clippy::unwrap_used, clippy::missing_panics_doc)]
 
+pub mod lambda;
 pub mod moto;
 
 use std::path::{Path, PathBuf};
