@@ -20,7 +20,7 @@ help:
 	@echo "make run    set up, then serve the API on http://127.0.0.1:8080 with the bundled model"
 	@echo "make test   set up, then run formatting, lint and the whole test suite"
 	@echo "make setup  install the ONNX Runtime library into .easel/ (idempotent)"
-	@echo "make setup-test  also install the test tools (moto, cfn-lint, cargo-lambda) into .easel/tools"
+	@echo "make setup-test  also install the test tools (moto, cfn-lint, cargo-lambda, SAM CLI) into .easel/tools"
 
 setup:
 	@bash infra/setup.sh
@@ -41,9 +41,11 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-# The SAM template: cfn-lint (offline) catches schema, reference and policy mistakes.
+# The SAM template, offline: cfn-lint catches schema, reference and policy mistakes; sam validate
+# runs the SAM transform itself (it needs a region name, not credentials or the network).
 lint-template: setup-test
 	$(TOOLS)/cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 $(TOOLS)/sam validate --region us-east-1 -t template.yaml
 
 test: setup-test lint lint-template
 	$(CARGO) test --workspace --locked --no-fail-fast

@@ -2,7 +2,7 @@
 # Installs what easel needs that cargo does not:
 # - the ONNX Runtime shared library, taken from the PyPI `onnxruntime` wheel (the only place we
 #   may fetch it from), into .easel/onnxruntime/;
-# - with --test-tools, the Python tools the test suite runs (moto_server, cfn-lint, cargo-lambda;
+# - with --test-tools, the Python tools the test suite runs (moto_server, cfn-lint, cargo-lambda, sam;
 #   pinned in infra/test-tools.txt) into the virtual environment .easel/tools/.
 # Idempotent: a second run checks a stamp file per part and exits.
 set -euo pipefail
@@ -46,7 +46,7 @@ install_test_tools() {
       exit 1
     fi
   fi
-  echo "setup: installing the test tools (moto, cfn-lint, cargo-lambda) from PyPI into .easel/tools…"
+  echo "setup: installing the test tools (moto, cfn-lint, cargo-lambda, SAM CLI) from PyPI into .easel/tools…"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
   echo "$want" > "$venv/STAMP"
   echo "setup: test tools installed in .easel/tools"
