@@ -9,6 +9,7 @@ use easel_core::keys::{ApiKey, generate_key};
 use easel_core::ports::{Claim, ImageStore, Inserted, Job, JobQueue, KeyStore, TaskStore};
 use easel_core::request::{Dialect, GenerationRequest};
 use easel_core::task::{CallbackAttempt, Completion, ImageRecord, Progress, RunRecord, Task, TaskError, TaskStatus};
+use easel_core::usage::{DailyUsage, Usage};
 use easel_embedded::{EmbeddedBackend, EmbeddedOptions};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -205,6 +206,55 @@ pub async fn a_task_completes_once_and_only_while_running(p: &Ports) {
     assert_eq!(p.tasks.complete(task.id, failed, now).await.unwrap(), None, "a second terminal write is refused");
     assert_eq!(p.tasks.claim(task.id, LEASE, now).await.unwrap(), Claim::NotClaimable(TaskStatus::Succeeded));
     assert_eq!(p.tasks.get(task.id).await.unwrap(), Some(done));
+}
+
+pub async fn a_key_is_charged_once_per_succeeded_task_by_day_and_never_for_a_failure(p: &Ports) {
+    let day = OffsetDateTime::now_utc();
+    let next_day = day + Duration::from_secs(86_400);
+    let finish = |key: &'static str, at: OffsetDateTime, images: usize, fail: bool| async move {
+        let task = new_task(key, None);
+        p.tasks.insert(&task).await.unwrap();
+        p.tasks.claim(task.id, LEASE, at).await.unwrap();
+        let completion = if fail {
+            Completion::Failed {
+                error: TaskError { code: "generation_failed".into(), message: "boom".into() },
+                run: None,
+                warnings: vec![],
+            }
+        } else {
+            let Completion::Succeeded { images: one, run, warnings, generate_ms } = succeeded(&task) else {
+                unreachable!()
+            };
+            Completion::Succeeded { images: vec![one[0].clone(); images], run, warnings, generate_ms }
+        };
+        p.tasks.complete(task.id, completion, at).await.unwrap().unwrap()
+    };
+    // Each image of the fixture (64×64, 4 steps) costs the minimum, 0.4 credits.
+    let one = finish("key_a", day, 1, false).await;
+    assert_eq!(one.usage, Some(Usage { images: 1, millicredits: 400 }));
+    let two = finish("key_a", day, 2, false).await;
+    assert_eq!(two.usage, Some(Usage { images: 2, millicredits: 800 }));
+    let failed = finish("key_a", day, 1, true).await;
+    assert_eq!(failed.usage, None, "a failed task costs nothing");
+    finish("key_a", next_day, 1, false).await;
+    finish("key_b", day, 1, false).await;
+    // A repeated terminal write (a redelivered job) charges nothing more.
+    assert_eq!(p.tasks.complete(one.id, succeeded(&one), day).await.unwrap(), None);
+
+    let usage = |key: &'static str, from: OffsetDateTime, to: OffsetDateTime| async move {
+        // The AWS store reads usage through an index, which is eventually consistent.
+        p.tasks.usage(key, from.date(), to.date()).await.unwrap()
+    };
+    let daily =
+        |at: OffsetDateTime, tasks, images, millicredits| DailyUsage { day: at.date(), tasks, images, millicredits };
+    assert_eq!(usage("key_a", day, next_day).await, vec![daily(day, 2, 3, 1_200), daily(next_day, 1, 1, 400)]);
+    assert_eq!(
+        usage("key_a", next_day, next_day + Duration::from_secs(86_400)).await,
+        vec![daily(next_day, 1, 1, 400)]
+    );
+    assert_eq!(usage("key_a", day - Duration::from_secs(5 * 86_400), day - Duration::from_secs(86_400)).await, vec![]);
+    assert_eq!(usage("key_b", day, next_day).await, vec![daily(day, 1, 1, 400)]);
+    assert_eq!(usage("key_c", day, next_day).await, vec![]);
 }
 
 pub async fn progress_and_heartbeats_apply_only_to_running_tasks(p: &Ports) {

@@ -5,24 +5,29 @@
 //! | task | `task#{id}` | `status`, `version`, `lease_until_ms`, `expires_at` (TTL), `gsi1pk` = `key#{key_id}`, `gsi1sk` = id, `task` (the [`Task`] as a map) |
 //! | idempotency marker | `idem#{key_id}#{idempotency key}` | `task_id`, `expires_at` |
 //! | API key | `apikey#{secret hash}` | `gsi1pk` = `apikeys`, `gsi1sk` = key id, `key` (the [`ApiKey`] as a map) |
+//! | usage | `usage#{key_id}#{YYYY-MM-DD}` | `gsi1pk` = `usage#{key_id}`, `gsi1sk` = the day, counters `tasks`, `images`, `millicredits` (no TTL: billing data stays) |
 //!
 //! Items are mapped with `serde_dynamo`. `status` and `version` are duplicated at the top level so
 //! conditions can test them: every state transition is a read, a change in Rust (the same
 //! [`Task`] methods the embedded store uses), and a put conditional on the version read; a
 //! conflicting writer makes the condition fail and the transition is re-decided on fresh data.
-//! The `gsi1` index lists a key's tasks, and all API keys.
+//! The `gsi1` index lists a key's tasks, all API keys, and a key's usage by day. The write that
+//! makes a task `succeeded` is a transaction: the conditional put of the task and an `ADD` of its
+//! charge to the key's usage item for the day, so a task is charged exactly once.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use easel_core::keys::ApiKey;
 use easel_core::ports::{Claim, Inserted, KeyStore, StoreError, TaskStore};
 use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
+use easel_core::usage::{DailyUsage, Usage};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use time::format_description::well_known::Iso8601;
+use time::{Date, OffsetDateTime, UtcOffset};
 
 /// Name of the global secondary index (partition `gsi1pk`, sort `gsi1sk`, both strings).
 pub const GSI1: &str = "gsi1";
@@ -43,6 +48,15 @@ fn idempotency_pk(key_id: &str, idempotency_key: &str) -> String {
 
 fn key_pk(secret_hash: &str) -> String {
     format!("apikey#{secret_hash}")
+}
+
+fn usage_partition(key_id: &str) -> String {
+    format!("usage#{key_id}")
+}
+
+/// `YYYY-MM-DD`: sorts as the dates do, so the index's `BETWEEN` selects a range of days.
+fn day_text(day: Date) -> String {
+    format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -84,6 +98,14 @@ struct IdempotencyItem {
     pk: String,
     task_id: TaskId,
     expires_at: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageItem {
+    gsi1sk: String,
+    tasks: u64,
+    images: u64,
+    millicredits: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -145,6 +167,8 @@ impl DynamoTaskStore {
     }
 
     /// Read, decide, write conditionally on the version read; on a lost race, decide again.
+    /// A write that makes the task `succeeded` also adds its charge to the key's usage of the day,
+    /// in the same transaction.
     async fn transition<T>(
         &self,
         id: TaskId,
@@ -154,28 +178,79 @@ impl DynamoTaskStore {
         for _ in 0..MAX_CONFLICT_RETRIES {
             let current = self.read(id).await?;
             let version = current.as_ref().map_or(0, |item| item.version);
+            let was_succeeded = current.as_ref().is_some_and(|item| item.status == TaskStatus::Succeeded);
             let (task, lease, result) = match decide(current) {
                 Decision::Keep(result) => return Ok(result),
                 Decision::Write(task, lease, result) => (task, lease, result),
             };
-            let written = self
-                .client
-                .put_item()
-                .table_name(&self.table)
-                .set_item(Some(self.item(&task, version + 1, lease)?))
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(version))
-                .send()
-                .await;
-            match written {
-                Ok(_) => return Ok(result),
-                Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => {
-                    tracing::debug!(task_id = %id, operation, "lost a race on a task; deciding again");
+            let item = self.item(&task, version + 1, lease)?;
+            let charge = task.usage.filter(|_| task.status == TaskStatus::Succeeded && !was_succeeded);
+            let lost_race = match charge {
+                None => match self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item))
+                    .condition_expression("version = :v")
+                    .expression_attribute_values(":v", n(version))
+                    .send()
+                    .await
+                {
+                    Ok(_) => false,
+                    Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => true,
+                    Err(e) => return Err(StoreError::backend(operation, e)),
+                },
+                Some(usage) => {
+                    let day = task.finished_at.unwrap_or_else(OffsetDateTime::now_utc).to_offset(UtcOffset::UTC).date();
+                    let put = Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(item))
+                        .condition_expression("version = :v")
+                        .expression_attribute_values(":v", n(version))
+                        .build()
+                        .map_err(|e| StoreError::backend("DynamoDB TransactWriteItems (building)", e))?;
+                    let written = self
+                        .client
+                        .transact_write_items()
+                        .transact_items(TransactWriteItem::builder().put(put).build())
+                        .transact_items(self.charge(&task.key_id, day, usage)?)
+                        .send()
+                        .await;
+                    match written {
+                        Ok(_) => false,
+                        // The task's condition failed, or another transaction touched the same
+                        // items: decide again on fresh data (a persistent cause ends the loop).
+                        Err(e) if e.as_service_error().is_some_and(|s| s.is_transaction_canceled_exception()) => true,
+                        Err(e) => return Err(StoreError::backend(operation, e)),
+                    }
                 }
-                Err(e) => return Err(StoreError::backend(operation, e)),
+            };
+            if !lost_race {
+                return Ok(result);
             }
+            tracing::debug!(task_id = %id, operation, "lost a race on a task; deciding again");
         }
         Err(StoreError::Corrupt(format!("{operation}: task {id} kept changing under {MAX_CONFLICT_RETRIES} attempts")))
+    }
+
+    /// The transaction item that adds `usage` (one task) to `key_id`'s usage item for `day`.
+    fn charge(&self, key_id: &str, day: Date, usage: Usage) -> Result<TransactWriteItem, StoreError> {
+        let day = day_text(day);
+        let update = Update::builder()
+            .table_name(&self.table)
+            .key("pk", s(format!("{}#{day}", usage_partition(key_id))))
+            .update_expression("SET gsi1pk = :p, gsi1sk = :d ADD #tasks :one, #images :i, #credits :c")
+            .expression_attribute_names("#tasks", "tasks")
+            .expression_attribute_names("#images", "images")
+            .expression_attribute_names("#credits", "millicredits")
+            .expression_attribute_values(":p", s(usage_partition(key_id)))
+            .expression_attribute_values(":d", s(day))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":i", n(usage.images))
+            .expression_attribute_values(":c", n(usage.millicredits))
+            .build()
+            .map_err(|e| StoreError::backend("DynamoDB TransactWriteItems (building)", e))?;
+        Ok(TransactWriteItem::builder().update(update).build())
     }
 
     /// An update applied only while the task is running. False when it is not (or does not exist).
@@ -359,6 +434,37 @@ impl TaskStore for DynamoTaskStore {
             Ok(_) => Ok(true),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_conditional_check_failed_exception()) => Ok(false),
             Err(e) => Err(StoreError::backend("DynamoDB UpdateItem (callback delivery)", e)),
+        }
+    }
+
+    /// Through the index, so eventually consistent: a charge made a moment ago may not show yet.
+    async fn usage(&self, key_id: &str, from: Date, to: Date) -> Result<Vec<DailyUsage>, StoreError> {
+        let mut days = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(GSI1)
+                .key_condition_expression("gsi1pk = :p AND gsi1sk BETWEEN :from AND :to")
+                .expression_attribute_values(":p", s(usage_partition(key_id)))
+                .expression_attribute_values(":from", s(day_text(from)))
+                .expression_attribute_values(":to", s(day_text(to)))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| StoreError::backend("DynamoDB Query (usage)", e))?;
+            for item in out.items.unwrap_or_default() {
+                let item: UsageItem = serde_dynamo::from_item(item).map_err(corrupt("usage item"))?;
+                let day = Date::parse(&item.gsi1sk, &Iso8601::DATE)
+                    .map_err(|e| StoreError::Corrupt(format!("usage day {:?}: {e}", item.gsi1sk)))?;
+                days.push(DailyUsage { day, tasks: item.tasks, images: item.images, millicredits: item.millicredits });
+            }
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => return Ok(days),
+            }
         }
     }
 }

@@ -4,7 +4,7 @@
 //! - [`request`]: the dialect-neutral [`request::GenerationRequest`] every dialect parses into.
 //! - [`task`]: the [`task::Task`] record and its state machine.
 //! - [`ports`]: storage and queue traits; [`generator`]: the diffusion engine trait.
-//! - [`submit`], [`worker`] and [`notify`]: the use cases.
+//! - [`submit`], [`worker`] and [`notify`]: the use cases; [`usage`]: metering and credits.
 pub mod generator;
 pub mod keys;
 pub mod notify;
@@ -14,4 +14,5 @@ pub mod presets;
 pub mod request;
 pub mod submit;
 pub mod task;
+pub mod usage;
 pub mod worker;

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
+use time::{Date, OffsetDateTime};
 
 use crate::keys::ApiKey;
 use crate::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
+use crate::usage::DailyUsage;
 
 /// A storage or queue backend failed. The message says which operation; the source says why.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,8 @@ pub trait TaskStore: Send + Sync {
     async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<(), StoreError>;
     /// Conditional terminal write: applied only while the task is `running`.
     /// Returns the updated task, or `None` when the task was not running (someone else finished it).
+    /// When the task succeeds, its charge ([`Task::usage`]) is added to its key's total for the
+    /// UTC day of `now` in the same atomic write, so a task is charged exactly once.
     async fn complete(
         &self,
         id: TaskId,
@@ -70,6 +73,9 @@ pub trait TaskStore: Send + Sync {
     /// Appends a callback delivery attempt to the task's record, whatever its status.
     /// False when the task does not exist.
     async fn record_delivery(&self, id: TaskId, attempt: CallbackAttempt) -> Result<bool, StoreError>;
+    /// A key's usage per UTC day from `from` to `to` (both included), oldest first; days without
+    /// a charge are left out.
+    async fn usage(&self, key_id: &str, from: Date, to: Date) -> Result<Vec<DailyUsage>, StoreError>;
 }
 
 /// The message that asks a worker to run a task. Only the id travels: the task store is the truth.

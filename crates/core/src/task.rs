@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::request::{Dialect, GenerationRequest};
+use crate::usage::Usage;
 
 /// Server-generated task id: a UUIDv7, so ids sort by creation time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -191,6 +192,9 @@ pub struct Task {
     /// Callback delivery attempts, oldest first.
     #[serde(default)]
     pub deliveries: Vec<CallbackAttempt>,
+    /// What the key was charged: set when the task succeeds, never otherwise.
+    #[serde(default)]
+    pub usage: Option<Usage>,
 }
 
 impl Task {
@@ -253,6 +257,7 @@ impl Task {
             error: None,
             timings: Timings::default(),
             deliveries: Vec::new(),
+            usage: None,
         }
     }
 }
@@ -294,6 +299,8 @@ impl Completion {
         task.timings.total_ms = Some(millis_between(task.created_at, now));
         match self {
             Completion::Succeeded { images, run, warnings, generate_ms } => {
+                let count = u32::try_from(images.len()).unwrap_or(u32::MAX);
+                task.usage = Some(Usage::for_images(count, task.request.width, task.request.height, run.steps));
                 task.images = images;
                 task.run = Some(run);
                 task.warnings.extend(warnings);
@@ -319,6 +326,39 @@ fn millis_between(from: OffsetDateTime, to: OffsetDateTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_succeeded_task_is_charged_its_images_at_the_requested_size_and_the_steps_that_ran() {
+        let request = GenerationRequest {
+            prompt: "p".into(),
+            negative_prompt: None,
+            width: 1024,
+            height: 1024,
+            steps: None,
+            guidance: None,
+            sampler: None,
+            seeds: vec![1, 2],
+        };
+        let now = OffsetDateTime::now_utc();
+        let mut task = Task::new("key", Dialect::Hive, request, None, None, now);
+        let image =
+            |index| ImageRecord { index, key: format!("k{index}"), width: 1024, height: 1024, seed: 1, bytes: 1 };
+        let run = RunRecord {
+            model_id: "m".into(),
+            model_hash: "h".into(),
+            sampler: "K_EULER".into(),
+            steps: 30,
+            guidance: 7.0,
+            unet_calls: 30,
+        };
+        let mut failed = task.clone();
+        Completion::Succeeded { images: vec![image(0), image(1)], run, warnings: vec![], generate_ms: 1 }
+            .apply(&mut task, now);
+        assert_eq!(task.usage, Some(Usage { images: 2, millicredits: 2 * 816 }));
+        let error = TaskError { code: "c".into(), message: "m".into() };
+        Completion::Failed { error, run: None, warnings: vec![] }.apply(&mut failed, now);
+        assert_eq!(failed.usage, None);
+    }
 
     #[test]
     fn task_ids_round_trip_through_their_text_form() {

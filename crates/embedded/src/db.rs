@@ -36,6 +36,14 @@ CREATE TABLE IF NOT EXISTS api_keys (
     secret_hash TEXT NOT NULL UNIQUE,
     doc         TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS usage_daily (
+    key_id       TEXT NOT NULL,
+    day          TEXT NOT NULL,
+    tasks        INTEGER NOT NULL,
+    images       INTEGER NOT NULL,
+    millicredits INTEGER NOT NULL,
+    PRIMARY KEY (key_id, day)
+);
 "#;
 
 /// A shared connection. SQLite serialises writers anyway; one connection behind a mutex keeps the

@@ -5,8 +5,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use easel_core::ports::{Claim, Inserted, StoreError, TaskStore};
 use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
+use easel_core::usage::DailyUsage;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use time::OffsetDateTime;
+use time::format_description::well_known::Iso8601;
+use time::{Date, OffsetDateTime, UtcOffset};
 
 use crate::db::{Db, duration_ms, sql_err, unix_ms};
 
@@ -158,6 +160,15 @@ impl TaskStore for SqliteTaskStore {
         }
         completion.apply(&mut task, now);
         write(&tx, &task, None)?;
+        if let Some(usage) = task.usage {
+            tx.execute(
+                "INSERT INTO usage_daily (key_id, day, tasks, images, millicredits) VALUES (?1, ?2, 1, ?3, ?4)
+                 ON CONFLICT (key_id, day) DO UPDATE SET tasks = tasks + 1, images = images + excluded.images,
+                     millicredits = millicredits + excluded.millicredits",
+                params![task.key_id, day_text(now.to_offset(UtcOffset::UTC).date()), usage.images, usage.millicredits],
+            )
+            .map_err(sql_err("charging a task"))?;
+        }
         tx.commit().map_err(sql_err("completing a task"))?;
         Ok(Some(task))
     }
@@ -173,4 +184,31 @@ impl TaskStore for SqliteTaskStore {
         tx.commit().map_err(sql_err("recording a callback delivery"))?;
         Ok(true)
     }
+
+    async fn usage(&self, key_id: &str, from: Date, to: Date) -> Result<Vec<DailyUsage>, StoreError> {
+        let conn = self.db.lock();
+        let mut query = conn
+            .prepare(
+                "SELECT day, tasks, images, millicredits FROM usage_daily
+                 WHERE key_id = ?1 AND day BETWEEN ?2 AND ?3 ORDER BY day",
+            )
+            .map_err(sql_err("reading usage"))?;
+        let rows = query
+            .query_map(params![key_id, day_text(from), day_text(to)], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?, r.get::<_, u64>(2)?, r.get::<_, u64>(3)?))
+            })
+            .map_err(sql_err("reading usage"))?;
+        rows.map(|row| {
+            let (day, tasks, images, millicredits) = row.map_err(sql_err("reading usage"))?;
+            let day = Date::parse(&day, &Iso8601::DATE)
+                .map_err(|e| StoreError::Corrupt(format!("usage day {day:?}: {e}")))?;
+            Ok(DailyUsage { day, tasks, images, millicredits })
+        })
+        .collect()
+    }
+}
+
+/// `YYYY-MM-DD`: sorts as the dates do, so `BETWEEN` on the text selects a range of days.
+fn day_text(day: Date) -> String {
+    format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
