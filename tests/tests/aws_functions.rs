@@ -94,6 +94,11 @@ async fn a_hive_task_flows_from_the_api_function_through_the_worker_and_notifier
     assert_eq!(finished.status, TaskStatus::Succeeded, "{:?}", finished.error);
     assert_eq!((finished.attempts, finished.images.len()), (1, 1));
     assert!(finished.started_at.is_some() && finished.timings.queued_ms.is_some());
+    // DynamoDB's TTL (which the emulator never runs) will delete the item after the retention.
+    assert_eq!(provision::ttl_attribute(&env.sdk, &env.settings.table).await.unwrap().as_deref(), Some("expires_at"));
+    let expires_at =
+        provision::item_number(&env.sdk, &env.settings.table, &format!("task#{task_id}"), "expires_at").await.unwrap();
+    assert_eq!(expires_at, Some((finished.created_at + env.settings.retention).unix_timestamp()));
     let png = env.backend.images.get(&finished.images[0].key).await.unwrap().expect("the PNG is in the bucket");
     let (width, height, _) = decode_png(&png);
     assert_eq!((width, height), (1024, 1024));

@@ -139,6 +139,41 @@ pub async fn delete_queue(sdk: &aws_config::SdkConfig, urls: &QueueUrls) -> Resu
 }
 
 /// Messages waiting in a queue (visible and in flight), as SQS approximates them.
+/// A number attribute of the item whose `pk` is `pk`, read as stored (tests check what DynamoDB's
+/// TTL sweeper will act on, which the emulator never does).
+pub async fn item_number(
+    sdk: &aws_config::SdkConfig,
+    table: &str,
+    pk: &str,
+    attribute: &str,
+) -> Result<Option<i64>, StoreError> {
+    let out = aws_sdk_dynamodb::Client::new(sdk)
+        .get_item()
+        .table_name(table)
+        .key("pk", aws_sdk_dynamodb::types::AttributeValue::S(pk.to_owned()))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| StoreError::backend("DynamoDB GetItem", e))?;
+    Ok(out.item.and_then(|item| item.get(attribute)?.as_n().ok()?.parse().ok()))
+}
+
+/// Whether the table's TTL is enabled, and on which attribute.
+pub async fn ttl_attribute(sdk: &aws_config::SdkConfig, table: &str) -> Result<Option<String>, StoreError> {
+    let out = aws_sdk_dynamodb::Client::new(sdk)
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| StoreError::backend("DynamoDB DescribeTimeToLive", e))?;
+    let description = out.time_to_live_description;
+    let enabled = description
+        .as_ref()
+        .and_then(|d| d.time_to_live_status())
+        .is_some_and(|s| *s == aws_sdk_dynamodb::types::TimeToLiveStatus::Enabled);
+    Ok(description.filter(|_| enabled).and_then(|d| d.attribute_name))
+}
+
 pub async fn queue_depth(sdk: &aws_config::SdkConfig, url: &str) -> Result<u64, StoreError> {
     let out = aws_sdk_sqs::Client::new(sdk)
         .get_queue_attributes()

@@ -35,7 +35,7 @@ enum Command {
     Serve(ServeArgs),
     /// Generate images from the command line, without a server.
     Generate(GenerateArgs),
-    /// Manage API keys in the embedded key store.
+    /// Manage API keys: the local data folder's, or a deployed stack's with --aws-table.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
