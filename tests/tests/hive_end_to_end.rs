@@ -52,6 +52,10 @@ async fn a_hive_task_becomes_the_requested_number_of_1024_pngs() {
     assert_eq!(neutral["run"]["model_id"], "tiny-sd");
     assert_eq!(neutral["images"].as_array().unwrap().len(), 2);
     assert_eq!(neutral["attempts"], 1);
+    // Charged for two 1024x1024 images at the steps that ran.
+    let steps = u32::try_from(neutral["run"]["steps"].as_u64().unwrap()).unwrap();
+    let millicredits = 2 * easel_core::usage::image_millicredits(1024, 1024, steps);
+    assert_eq!(neutral["usage"], json!({"images": 2, "credits": millicredits as f64 / 1000.0}), "{neutral}");
     assert_eq!(h.queue_depth(), (0, 0), "the job is acknowledged");
 }
 

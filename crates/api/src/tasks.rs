@@ -90,5 +90,6 @@ pub fn task_json(view: &TaskView) -> Value {
         "finished_at": t.finished_at,
         "timings": t.timings,
         "deliveries": t.deliveries,
+        "usage": t.usage.map(|u| json!({"images": u.images, "credits": u.credits()})),
     })
 }
