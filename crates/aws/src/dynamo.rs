@@ -79,6 +79,62 @@ fn corrupt(what: &str) -> impl FnOnce(serde_dynamo::Error) -> StoreError + '_ {
     move |e| StoreError::Corrupt(format!("{what}: {e}"))
 }
 
+/// A strongly consistent read of the item `pk`, mapped to `T`.
+async fn get_item<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    table: &str,
+    pk: String,
+    operation: &'static str,
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(pk))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| StoreError::backend(operation, e))?;
+    out.item.map(|item| serde_dynamo::from_item(item).map_err(corrupt(what))).transpose()
+}
+
+/// Every item of the index partition `partition`, with sort keys between `range` (inclusive)
+/// when given, in sort-key order, all pages. Index reads are eventually consistent.
+async fn query_index<T: serde::de::DeserializeOwned>(
+    client: &Client,
+    table: &str,
+    partition: String,
+    range: Option<(String, String)>,
+    operation: &'static str,
+    what: &'static str,
+) -> Result<Vec<T>, StoreError> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let mut query = client
+            .query()
+            .table_name(table)
+            .index_name(GSI1)
+            .expression_attribute_values(":p", s(partition.clone()))
+            .set_exclusive_start_key(start.take());
+        query = match &range {
+            None => query.key_condition_expression("gsi1pk = :p"),
+            Some((from, to)) => query
+                .key_condition_expression("gsi1pk = :p AND gsi1sk BETWEEN :from AND :to")
+                .expression_attribute_values(":from", s(from.clone()))
+                .expression_attribute_values(":to", s(to.clone())),
+        };
+        let out = query.send().await.map_err(|e| StoreError::backend(operation, e))?;
+        for item in out.items.unwrap_or_default() {
+            items.push(serde_dynamo::from_item(item).map_err(corrupt(what))?);
+        }
+        match out.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return Ok(items),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct TaskItem {
     pk: String,
@@ -154,16 +210,7 @@ impl DynamoTaskStore {
     }
 
     async fn read(&self, id: TaskId) -> Result<Option<TaskItem>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(task_pk(id)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::backend("DynamoDB GetItem (task)", e))?;
-        out.item.map(|item| serde_dynamo::from_item(item).map_err(corrupt("task item"))).transpose()
+        get_item(&self.client, &self.table, task_pk(id), "DynamoDB GetItem (task)", "task item").await
     }
 
     /// Read, decide, write conditionally on the version read; on a lost race, decide again.
@@ -323,20 +370,18 @@ impl TaskStore for DynamoTaskStore {
         match written {
             Ok(_) => Ok(Inserted::New),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_transaction_canceled_exception()) => {
-                let existing = self
-                    .client
-                    .get_item()
-                    .table_name(&self.table)
-                    .key("pk", s(marker_pk))
-                    .consistent_read(true)
-                    .send()
-                    .await
-                    .map_err(|e| StoreError::backend("DynamoDB GetItem (idempotency key)", e))?;
-                let Some(marker) = existing.item else {
+                let existing: Option<IdempotencyItem> = get_item(
+                    &self.client,
+                    &self.table,
+                    marker_pk,
+                    "DynamoDB GetItem (idempotency key)",
+                    "idempotency item",
+                )
+                .await?;
+                let Some(marker) = existing else {
                     // Canceled for another reason (e.g. a conflicting transaction): report it.
                     return Err(StoreError::backend("DynamoDB TransactWriteItems (task)", e));
                 };
-                let marker: IdempotencyItem = serde_dynamo::from_item(marker).map_err(corrupt("idempotency item"))?;
                 match self.read(marker.task_id).await? {
                     Some(item) => Ok(Inserted::Existing(Box::new(item.task))),
                     None => Err(StoreError::Corrupt(format!(
@@ -439,33 +484,24 @@ impl TaskStore for DynamoTaskStore {
 
     /// Through the index, so eventually consistent: a charge made a moment ago may not show yet.
     async fn usage(&self, key_id: &str, from: Date, to: Date) -> Result<Vec<DailyUsage>, StoreError> {
-        let mut days = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(GSI1)
-                .key_condition_expression("gsi1pk = :p AND gsi1sk BETWEEN :from AND :to")
-                .expression_attribute_values(":p", s(usage_partition(key_id)))
-                .expression_attribute_values(":from", s(day_text(from)))
-                .expression_attribute_values(":to", s(day_text(to)))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| StoreError::backend("DynamoDB Query (usage)", e))?;
-            for item in out.items.unwrap_or_default() {
-                let item: UsageItem = serde_dynamo::from_item(item).map_err(corrupt("usage item"))?;
+        let range = Some((day_text(from), day_text(to)));
+        let items: Vec<UsageItem> = query_index(
+            &self.client,
+            &self.table,
+            usage_partition(key_id),
+            range,
+            "DynamoDB Query (usage)",
+            "usage item",
+        )
+        .await?;
+        items
+            .into_iter()
+            .map(|item| {
                 let day = Date::parse(&item.gsi1sk, &Iso8601::DATE)
                     .map_err(|e| StoreError::Corrupt(format!("usage day {:?}: {e}", item.gsi1sk)))?;
-                days.push(DailyUsage { day, tasks: item.tasks, images: item.images, millicredits: item.millicredits });
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(days),
-            }
-        }
+                Ok(DailyUsage { day, tasks: item.tasks, images: item.images, millicredits: item.millicredits })
+            })
+            .collect()
     }
 }
 
@@ -487,28 +523,15 @@ impl DynamoKeyStore {
 
     /// Every key item, through the index (eventually consistent, like any GSI read).
     async fn all(&self) -> Result<Vec<KeyItem>, StoreError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .index_name(GSI1)
-                .key_condition_expression("gsi1pk = :p")
-                .expression_attribute_values(":p", s(KEYS_PARTITION))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| StoreError::backend("DynamoDB Query (API keys)", e))?;
-            for item in out.items.unwrap_or_default() {
-                items.push(serde_dynamo::from_item(item).map_err(corrupt("API key item"))?);
-            }
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => return Ok(items),
-            }
-        }
+        query_index(
+            &self.client,
+            &self.table,
+            KEYS_PARTITION.to_owned(),
+            None,
+            "DynamoDB Query (API keys)",
+            "API key item",
+        )
+        .await
     }
 }
 
@@ -534,18 +557,10 @@ impl KeyStore for DynamoKeyStore {
     }
 
     async fn find_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(key_pk(secret_hash)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| StoreError::backend("DynamoDB GetItem (API key)", e))?;
-        out.item
-            .map(|item| serde_dynamo::from_item::<_, KeyItem>(item).map(|k| k.key).map_err(corrupt("API key item")))
-            .transpose()
+        let item: Option<KeyItem> =
+            get_item(&self.client, &self.table, key_pk(secret_hash), "DynamoDB GetItem (API key)", "API key item")
+                .await?;
+        Ok(item.map(|item| item.key))
     }
 
     async fn list(&self) -> Result<Vec<ApiKey>, StoreError> {
