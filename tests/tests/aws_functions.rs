@@ -115,6 +115,13 @@ async fn a_hive_task_flows_from_the_api_function_through_the_worker_and_notifier
     assert!(url.starts_with(&moto().endpoint) && url.contains("X-Amz-Signature="), "{url}");
     assert_eq!(reqwest::get(&url).await.unwrap().bytes().await.unwrap().to_vec(), png);
 
+    // The key's usage, through the api function (DynamoDB usage item, read through the index).
+    let usage = invoke_api(api.clone(), apigw_event("GET", "/v1/usage", &[("authorization", &auth)], None)).await;
+    assert_eq!(usage["statusCode"], 200, "{usage}");
+    let usage = response_body(&usage);
+    assert_eq!(usage["total"]["tasks"], 1, "{usage}");
+    assert_eq!(usage["total"]["images"], 1, "{usage}");
+
     // 3. SQS → notifier function → the callback receiver, with a fresh URL to the same bytes.
     let notices = drain(&env, &env.notices.queue).await;
     assert_eq!(notices.len(), 1, "one notice for the task's callback");

@@ -56,6 +56,31 @@ async fn a_hive_task_becomes_the_requested_number_of_1024_pngs() {
     let steps = u32::try_from(neutral["run"]["steps"].as_u64().unwrap()).unwrap();
     let millicredits = 2 * easel_core::usage::image_millicredits(1024, 1024, steps);
     assert_eq!(neutral["usage"], json!({"images": 2, "credits": millicredits as f64 / 1000.0}), "{neutral}");
+
+    // The key's usage of the day shows the charge; another key's shows nothing.
+    let get = |path: String, key: String| {
+        let request = h.client.get(h.url(&path)).bearer_auth(key);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    // (A range around today, so that the test passes across midnight UTC too.)
+    let today = time::OffsetDateTime::now_utc().date();
+    let around = format!("/v1/usage?from={}&to={}", today.previous_day().unwrap(), today.next_day().unwrap());
+    let (code, usage) = get(around.clone(), h.key.clone()).await;
+    assert_eq!(code, 200, "{usage}");
+    let credits = millicredits as f64 / 1000.0;
+    assert_eq!(usage["total"], json!({"tasks": 1, "images": 2, "credits": credits}), "{usage}");
+    assert_eq!(usage["days"].as_array().unwrap().len(), 1, "{usage}");
+    assert_eq!(usage["days"][0]["images"], 2);
+    let other = easel_core::keys::create_key(h.server().backend().keys.as_ref(), "other").await.unwrap();
+    let (_, theirs) = get(around, other.secret.clone()).await;
+    assert_eq!(theirs["total"], json!({"tasks": 0, "images": 0, "credits": 0.0}), "{theirs}");
+    let (code, error) = get("/v1/usage?from=2026-13-01".into(), h.key.clone()).await;
+    assert_eq!(code, 400, "{error}");
+    assert_eq!(error["error"]["code"], "invalid_request");
+    assert!(error["error"]["message"].as_str().unwrap().contains("`from`"), "{error}");
     assert_eq!(h.queue_depth(), (0, 0), "the job is acknowledged");
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod body;
 pub mod hive;
 pub mod tasks;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,13 +142,14 @@ async fn not_found() -> impl IntoResponse {
     (StatusCode::NOT_FOUND, Json(json!({"error": {"code": "not_found", "message": "no such route"}})))
 }
 
-/// The API router: every dialect, the neutral task endpoint, and `/healthz`.
+/// The API router: every dialect, the neutral task and usage endpoints, and `/healthz`.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v2/task/async", post(hive::submit))
         .route("/api/v2/task/{id}", get(hive::status))
         .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/usage", get(usage::get_usage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -17,6 +17,17 @@ pub struct NeutralError {
     message: String,
 }
 
+impl NeutralError {
+    /// A 400 `invalid_request` whose message names the parameter at fault.
+    pub fn invalid(message: String) -> Self {
+        NeutralError { status: StatusCode::BAD_REQUEST, code: "invalid_request", message }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
 impl IntoResponse for NeutralError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
