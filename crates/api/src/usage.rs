@@ -82,6 +82,7 @@ pub async fn get_usage(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use time::macros::date;
 
