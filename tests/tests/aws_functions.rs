@@ -244,4 +244,8 @@ fn a_function_missing_its_settings_names_every_missing_variable() {
         .to_string();
     assert!(err.contains("EASEL_RETENTION_DAYS=\"soon\" is not a whole number of days"), "{err}");
     assert!(!err.contains("EASEL_NOTICES_QUEUE_URL"), "the api function does not use the notices queue: {err}");
+    let err = easel_fn_worker::Config::from_lookup(&|name| (name == "EASEL_DEVICE").then(|| "gpu".into()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("EASEL_DEVICE=\"gpu\" is not a device (cpu, cuda or cuda:N)"), "{err}");
 }

@@ -91,6 +91,9 @@ struct ServeArgs {
     /// Accept and queue tasks without running them (no model is loaded).
     #[arg(long)]
     no_worker: bool,
+    /// Where the model runs: cpu, cuda or cuda:N (needs an ONNX Runtime with CUDA).
+    #[arg(long, env = "EASEL_DEVICE", default_value = "cpu")]
+    device: easel_diffusion::Device,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +117,9 @@ struct GenerateArgs {
     negative: String,
     #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
     model: PathBuf,
+    /// Where the model runs: cpu, cuda or cuda:N (needs an ONNX Runtime with CUDA).
+    #[arg(long, env = "EASEL_DEVICE", default_value = "cpu")]
+    device: easel_diffusion::Device,
     /// Sampler, by its Stability name (DDIM, DDPM, PNDM, K_EULER, K_EULER_ANCESTRAL, K_HEUN,
     /// K_DPM_2, K_DPM_2_ANCESTRAL, K_LMS, K_DPMPP_2M, K_DPMPP_2S_ANCESTRAL) [default: the model's].
     #[arg(long)]
@@ -191,8 +197,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let generator: Option<Arc<dyn Generator>> = if args.no_worker {
         None
     } else {
-        let model = args.model.clone();
-        let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model)).await??;
+        let (model, device) = (args.model.clone(), args.device);
+        let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model, device)).await??;
         Some(pipeline)
     };
     let config = ServeConfig {
@@ -292,7 +298,7 @@ async fn keys(command: KeysCommand, data: DataArgs) -> anyhow::Result<()> {
 }
 
 fn models(model: PathBuf) -> anyhow::Result<()> {
-    let pipeline = load_pipeline(&model)?;
+    let pipeline = load_pipeline(&model, easel_diffusion::Device::Cpu)?;
     println!("{}", serde_json::to_string_pretty(pipeline.descriptor())?);
     Ok(())
 }
@@ -315,8 +321,8 @@ async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     if args.n == 0 || args.n > 16 {
         bail!("--n must be from 1 to 16");
     }
-    let model = args.model.clone();
-    let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model)).await??;
+    let (model, device) = (args.model.clone(), args.device);
+    let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model, device)).await??;
     let d = pipeline.descriptor().clone();
     let (width, height) = match &args.size {
         Some(s) => parse_size(s)?,

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions};
+use easel_diffusion::{Device, OrtRuntime, Pipeline, PipelineOptions};
 
 /// Folders where `easel` looks for `.easel/onnxruntime/` (and their ancestors): the working
 /// directory and the executable's folder, so `target/debug/easel` finds the project's copy.
@@ -19,10 +19,10 @@ pub fn library_search_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Initialises ONNX Runtime (once per process) and loads the model folder.
-pub fn load_pipeline(model_dir: &Path) -> anyhow::Result<Arc<Pipeline>> {
+/// Initialises ONNX Runtime (once per process) and loads the model folder onto `device`.
+pub fn load_pipeline(model_dir: &Path, device: Device) -> anyhow::Result<Arc<Pipeline>> {
     let runtime = OrtRuntime::init_discovered(&library_search_dirs())?;
-    let pipeline = Pipeline::load(runtime, model_dir, &PipelineOptions::default())
-        .with_context(|| format!("cannot load the model folder {}", model_dir.display()))?;
+    let pipeline = Pipeline::load(runtime, model_dir, &PipelineOptions { device, ..PipelineOptions::default() })
+        .with_context(|| format!("cannot load the model folder {} on {device}", model_dir.display()))?;
     Ok(Arc::new(pipeline))
 }

@@ -28,6 +28,7 @@
 //!   k-diffusion for `K_DPMPP_2S_ANCESTRAL`) that reproduce diffusers' images given the same
 //!   initial latents and noise draws; see the table in `scheduler/mod.rs`.
 
+pub mod device;
 mod error;
 mod latents;
 mod model;
@@ -37,6 +38,7 @@ pub mod runtime;
 mod scheduler;
 mod tokenizer;
 
+pub use device::Device;
 pub use easel_core::generator::SamplerKind;
 pub use error::{LoadError, RuntimeError};
 pub use pipeline::{Overrides, Pipeline, PipelineOptions, Timings};

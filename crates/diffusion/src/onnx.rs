@@ -16,6 +16,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
 use ort::value::{Outlet, TensorElementType, TensorRef, ValueType};
 
+use crate::device::Device;
 use crate::error::LoadError;
 use crate::runtime::OrtRuntime;
 
@@ -23,6 +24,7 @@ use crate::runtime::OrtRuntime;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SessionSettings {
     pub intra_threads: usize,
+    pub device: Device,
 }
 
 /// An integer element type an input may declare.
@@ -76,6 +78,7 @@ impl Graph {
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
             .and_then(|b| b.with_intra_threads(settings.intra_threads).map_err(Into::into))
             .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+            .and_then(|b| b.with_execution_providers(settings.device.execution_providers()).map_err(Into::into))
             .and_then(|mut b| b.commit_from_file(path))
             .map_err(session_error)
     }

@@ -11,6 +11,7 @@ use easel_core::generator::{
 };
 use ndarray::{Array3, Array4};
 
+use crate::device::Device;
 use crate::error::LoadError;
 use crate::latents::{seeded_noise, to_rgb8, to_unit_hwc};
 use crate::model::{self, Manifest, ModelFolder, TEXT_ENCODER, UNET, VAE_DECODER, VAE_ENCODER};
@@ -43,11 +44,19 @@ pub struct PipelineOptions {
     pub max_side: u32,
     /// The most denoising steps accepted (capped by the schedule's training timesteps).
     pub max_steps: u32,
+    /// Where the graphs run.
+    pub device: Device,
 }
 
 impl Default for PipelineOptions {
     fn default() -> Self {
-        PipelineOptions { intra_threads: None, max_batch: DEFAULT_MAX_BATCH, max_side: 2048, max_steps: 150 }
+        PipelineOptions {
+            intra_threads: None,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_side: 2048,
+            max_steps: 150,
+            device: Device::Cpu,
+        }
     }
 }
 
@@ -114,7 +123,7 @@ impl Pipeline {
 
         let threads =
             options.intra_threads.or_else(|| std::thread::available_parallelism().ok()).map_or(1, NonZeroUsize::get);
-        let settings = SessionSettings { intra_threads: threads };
+        let settings = SessionSettings { intra_threads: threads, device: options.device };
         let text_path = folder.component_path(TEXT_ENCODER);
         let text_encoder = TextEncoder::load(runtime, &text_path, seq_len, settings)?;
         let unet_path = folder.component_path(UNET);

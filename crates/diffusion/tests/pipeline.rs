@@ -352,3 +352,24 @@ fn img2img_strength_outside_its_range_or_leaving_no_step_is_refused() {
         assert!(message.contains(words), "{strength}: {message}");
     }
 }
+
+#[test]
+fn asking_for_cuda_where_onnx_runtime_lacks_it_fails_at_load_and_says_so() {
+    use ort::ep::ExecutionProvider as _;
+    let options = PipelineOptions { device: easel_diffusion::Device::Cuda { device_id: 0 }, ..common::options() };
+    let loaded = Pipeline::load(common::runtime(), &common::tiny_model_dir(), &options);
+    if ort::ep::CUDA::is_available().unwrap_or(false) {
+        // A CUDA build of ONNX Runtime (onnxruntime-gpu) on a GPU host: the model loads there.
+        loaded.unwrap();
+        return;
+    }
+    // The CPU wheel: no silent fallback to the CPU, and the error chain names the provider.
+    let err = loaded.unwrap_err();
+    let mut chain = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(chain.contains("CUDA"), "{chain}");
+}

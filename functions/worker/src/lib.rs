@@ -17,7 +17,7 @@ use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfi
 use easel_core::generator::Generator;
 use easel_core::ports::{Delivery, Job};
 use easel_core::worker::{JobOutcome, Worker, WorkerConfig};
-use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions};
+use easel_diffusion::{Device, OrtRuntime, Pipeline, PipelineOptions};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -25,6 +25,8 @@ pub struct Config {
     pub aws: AwsSettings,
     /// The ONNX model folder (`EASEL_MODEL_DIR`; in the container image, `/opt/easel/model`).
     pub model_dir: PathBuf,
+    /// Where the model runs (`EASEL_DEVICE`: `cpu`, `cuda` or `cuda:N`; default `cpu`).
+    pub device: Device,
     pub worker: WorkerConfig,
 }
 
@@ -38,6 +40,7 @@ impl Config {
         let mut env = EnvReader::new();
         let aws = AwsSettings::read(&mut env, lookup, Needs { jobs: true, notices: true });
         let model_dir = PathBuf::from(env.required(lookup, "EASEL_MODEL_DIR"));
+        let device = env.parsed(lookup, "EASEL_DEVICE", Device::Cpu, "a device (cpu, cuda or cuda:N)");
         let defaults = WorkerConfig::default();
         let lease: u64 = env.parsed(lookup, "EASEL_LEASE_SECONDS", defaults.lease.as_secs(), "a number of seconds");
         let max_receives = env.parsed(lookup, "EASEL_MAX_RECEIVES", defaults.max_receives, "a whole number");
@@ -59,7 +62,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(grace),
             ..defaults
         };
-        env.finish(Config { aws, model_dir, worker })
+        env.finish(Config { aws, model_dir, device, worker })
     }
 }
 
@@ -67,11 +70,12 @@ impl Config {
 /// the executable's folder) and loads the model. Done once, at cold start.
 pub fn load_generator(
     model_dir: &std::path::Path,
+    device: Device,
 ) -> Result<Arc<dyn Generator>, Box<dyn std::error::Error + Send + Sync>> {
     let mut dirs: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
     dirs.extend(std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)));
     let runtime = OrtRuntime::init_discovered(&dirs)?;
-    Ok(Arc::new(Pipeline::load(runtime, model_dir, &PipelineOptions::default())?))
+    Ok(Arc::new(Pipeline::load(runtime, model_dir, &PipelineOptions { device, ..PipelineOptions::default() })?))
 }
 
 pub fn worker(config: &Config, sdk: &SdkConfig, generator: Arc<dyn Generator>) -> Worker {
@@ -127,7 +131,8 @@ pub fn delivery_of<M: serde::de::DeserializeOwned>(record: &SqsMessage) -> Resul
 /// handed back to the queue for another worker.
 pub async fn poll(config: &Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let model_dir = config.model_dir.clone();
-    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir)).await??;
+    let device = config.device;
+    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir, device)).await??;
     let sdk = AwsBackend::load_sdk_config().await;
     let worker = worker(config, &sdk, generator);
     let (stop, stopped) = watch::channel(false);

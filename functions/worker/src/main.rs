@@ -14,8 +14,8 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     if std::env::args().skip(1).any(|a| a == "--poll") {
         return poll(&config).await.inspect_err(|e| tracing::error!(error = %e, "the worker stopped"));
     }
-    let model_dir = config.model_dir.clone();
-    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir))
+    let (model_dir, device) = (config.model_dir.clone(), config.device);
+    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir, device))
         .await?
         .inspect_err(|e| tracing::error!(error = %e, "cannot load the model"))?;
     let sdk = AwsBackend::load_sdk_config().await;
