@@ -9,6 +9,9 @@ ORT_VERSION := 1.31.1
 export ORT_DYLIB_PATH ?= $(CURDIR)/.easel/onnxruntime/libonnxruntime.so.$(ORT_VERSION)
 # One build directory outside the clone, shared by every clone on this machine: a fresh clone
 # (CI's, or a second worktree) reuses what an earlier one compiled.
+# Cargo decides freshness by file times and hashes workspace members by their path relative to the
+# workspace, so two clones with different edits built in turn can reuse each other's artefacts:
+# set CARGO_TARGET_DIR per clone when you edit two at once. A fresh clone is always newer.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/easel/target
 CARGO ?= cargo
 

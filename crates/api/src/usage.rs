@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use easel_core::usage::{DailyUsage, millicredits_to_credits};
+use easel_core::usage::{DailyUsage, day_text, millicredits_to_credits};
 use serde_json::{Value, json};
 use time::format_description::well_known::Iso8601;
 use time::{Date, Duration, OffsetDateTime};
@@ -18,10 +18,6 @@ use crate::auth::{Scheme, require_key};
 use crate::tasks::NeutralError;
 
 const MAX_DAYS: i64 = 366;
-
-fn day_text(day: Date) -> String {
-    format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
-}
 
 fn parse_day(params: &HashMap<String, String>, name: &str) -> Result<Option<Date>, NeutralError> {
     params

@@ -24,7 +24,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use easel_core::keys::ApiKey;
 use easel_core::ports::{Claim, Inserted, KeyStore, StoreError, TaskStore};
 use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
-use easel_core::usage::{DailyUsage, Usage};
+use easel_core::usage::{DailyUsage, Usage, day_text};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Iso8601;
 use time::{Date, OffsetDateTime, UtcOffset};
@@ -52,11 +52,6 @@ fn key_pk(secret_hash: &str) -> String {
 
 fn usage_partition(key_id: &str) -> String {
     format!("usage#{key_id}")
-}
-
-/// `YYYY-MM-DD`: sorts as the dates do, so the index's `BETWEEN` selects a range of days.
-fn day_text(day: Date) -> String {
-    format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {

@@ -61,6 +61,12 @@ pub fn millicredits_to_credits(millicredits: u64) -> f64 {
     millicredits as f64 / 1000.0
 }
 
+/// `YYYY-MM-DD`, the form days take in stores and in the API: it sorts as the dates do, so a text
+/// range (`BETWEEN`) selects a range of days.
+pub fn day_text(day: Date) -> String {
+    format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
+}
+
 /// A key's usage over one UTC day: the sum of the charges of the tasks that succeeded that day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DailyUsage {

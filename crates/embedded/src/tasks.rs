@@ -5,7 +5,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use easel_core::ports::{Claim, Inserted, StoreError, TaskStore};
 use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
-use easel_core::usage::DailyUsage;
+use easel_core::usage::{DailyUsage, day_text};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use time::format_description::well_known::Iso8601;
 use time::{Date, OffsetDateTime, UtcOffset};
@@ -206,9 +206,4 @@ impl TaskStore for SqliteTaskStore {
         })
         .collect()
     }
-}
-
-/// `YYYY-MM-DD`: sorts as the dates do, so `BETWEEN` on the text selects a range of days.
-fn day_text(day: Date) -> String {
-    format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
