@@ -8,9 +8,8 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
-use easel_core::usage::{DailyUsage, day_text, millicredits_to_credits};
+use easel_core::usage::{DailyUsage, day_text, millicredits_to_credits, parse_day};
 use serde_json::{Value, json};
-use time::format_description::well_known::Iso8601;
 use time::{Date, Duration, OffsetDateTime};
 
 use crate::AppState;
@@ -19,12 +18,12 @@ use crate::tasks::NeutralError;
 
 const MAX_DAYS: i64 = 366;
 
-fn parse_day(params: &HashMap<String, String>, name: &str) -> Result<Option<Date>, NeutralError> {
+fn day_param(params: &HashMap<String, String>, name: &str) -> Result<Option<Date>, NeutralError> {
     params
         .get(name)
         .map(|text| {
-            Date::parse(text, &Iso8601::DATE)
-                .map_err(|_| NeutralError::invalid(format!("`{name}` must be a date as YYYY-MM-DD (got {text:?})")))
+            parse_day(text)
+                .ok_or_else(|| NeutralError::invalid(format!("`{name}` must be a date as YYYY-MM-DD (got {text:?})")))
         })
         .transpose()
 }
@@ -40,8 +39,8 @@ fn range(query: Option<&str>, today: Date) -> Result<(Date, Date), NeutralError>
             return Err(NeutralError::invalid(format!("`{name}` is given more than once")));
         }
     }
-    let to = parse_day(&params, "to")?.unwrap_or(today);
-    let from = parse_day(&params, "from")?.unwrap_or_else(|| to.replace_day(1).unwrap_or(to));
+    let to = day_param(&params, "to")?.unwrap_or(today);
+    let from = day_param(&params, "from")?.unwrap_or_else(|| to.replace_day(1).unwrap_or(to));
     if from > to {
         return Err(NeutralError::invalid(format!("`from` ({}) is after `to` ({})", day_text(from), day_text(to))));
     }

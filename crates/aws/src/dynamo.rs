@@ -24,9 +24,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
 use easel_core::keys::ApiKey;
 use easel_core::ports::{Claim, Inserted, KeyStore, StoreError, TaskStore};
 use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
-use easel_core::usage::{DailyUsage, Usage, day_text};
+use easel_core::usage::{DailyUsage, Usage, day_text, parse_day};
 use serde::{Deserialize, Serialize};
-use time::format_description::well_known::Iso8601;
 use time::{Date, OffsetDateTime, UtcOffset};
 
 /// Name of the global secondary index (partition `gsi1pk`, sort `gsi1sk`, both strings).
@@ -492,8 +491,8 @@ impl TaskStore for DynamoTaskStore {
         items
             .into_iter()
             .map(|item| {
-                let day = Date::parse(&item.gsi1sk, &Iso8601::DATE)
-                    .map_err(|e| StoreError::Corrupt(format!("usage day {:?}: {e}", item.gsi1sk)))?;
+                let day = parse_day(&item.gsi1sk)
+                    .ok_or_else(|| StoreError::Corrupt(format!("usage day {:?}", item.gsi1sk)))?;
                 Ok(DailyUsage { day, tasks: item.tasks, images: item.images, millicredits: item.millicredits })
             })
             .collect()

@@ -67,6 +67,11 @@ pub fn day_text(day: Date) -> String {
     format!("{:04}-{:02}-{:02}", day.year(), u8::from(day.month()), day.day())
 }
 
+/// Reads a day written by [`day_text`].
+pub fn parse_day(text: &str) -> Option<Date> {
+    Date::parse(text, &time::format_description::well_known::Iso8601::DATE).ok()
+}
+
 /// A key's usage over one UTC day: the sum of the charges of the tasks that succeeded that day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DailyUsage {

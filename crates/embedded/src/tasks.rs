@@ -5,9 +5,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use easel_core::ports::{Claim, Inserted, StoreError, TaskStore};
 use easel_core::task::{CallbackAttempt, Completion, Progress, Task, TaskId, TaskStatus};
-use easel_core::usage::{DailyUsage, day_text};
+use easel_core::usage::{DailyUsage, day_text, parse_day};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
-use time::format_description::well_known::Iso8601;
 use time::{Date, OffsetDateTime, UtcOffset};
 
 use crate::db::{Db, duration_ms, sql_err, unix_ms};
@@ -200,8 +199,7 @@ impl TaskStore for SqliteTaskStore {
             .map_err(sql_err("reading usage"))?;
         rows.map(|row| {
             let (day, tasks, images, millicredits) = row.map_err(sql_err("reading usage"))?;
-            let day = Date::parse(&day, &Iso8601::DATE)
-                .map_err(|e| StoreError::Corrupt(format!("usage day {day:?}: {e}")))?;
+            let day = parse_day(&day).ok_or_else(|| StoreError::Corrupt(format!("usage day {day:?}")))?;
             Ok(DailyUsage { day, tasks, images, millicredits })
         })
         .collect()
