@@ -86,14 +86,10 @@ impl Ports {
 
 pub fn request() -> GenerationRequest {
     GenerationRequest {
-        prompt: "a lighthouse at dusk".into(),
         negative_prompt: Some("blurry".into()),
-        width: 64,
-        height: 64,
         steps: Some(4),
         guidance: Some(7.5),
-        sampler: None,
-        seeds: vec![11, 12],
+        ..GenerationRequest::new("a lighthouse at dusk", 64, 64, vec![11, 12])
     }
 }
 

@@ -49,6 +49,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         data_dir: data_dir.to_path_buf(),
         public_url: None,
         url_ttl: Duration::from_secs(3600),
+        sync_wait: Duration::from_secs(120),
         max_receives: 3,
         worker: WorkerConfig {
             lease: Duration::from_secs(60),
@@ -82,8 +83,14 @@ impl Harness {
 
     /// A server over an existing data folder; `worker` false queues tasks without running them.
     pub async fn start_in(data_dir: &Path, worker: bool) -> Harness {
+        Harness::start_with(serve_config(data_dir), worker).await
+    }
+
+    /// A server with this configuration; `worker` false queues tasks without running them.
+    pub async fn start_with(config: ServeConfig, worker: bool) -> Harness {
+        let data_dir = config.data_dir.clone();
         let generator = worker.then(tiny_model);
-        let server = LocalServer::start(serve_config(data_dir), generator).await.unwrap();
+        let server = LocalServer::start(config, generator).await.unwrap();
         let key = match server.dev_key() {
             DevKey::Created { secret, .. } => secret.clone(),
             _ => std::fs::read_to_string(data_dir.join("dev-api-key")).unwrap().trim().to_owned(),
@@ -150,6 +157,32 @@ impl Harness {
             assert!(Instant::now() < deadline, "task {id} still {message} after {timeout:?}: {body}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// POSTs JSON to `path` with the given headers (the key is the caller's to add); returns
+    /// (status, headers, body as JSON).
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: &Value,
+    ) -> (u16, reqwest::header::HeaderMap, Value) {
+        let mut request = self.client.post(self.url(path)).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let resp = request.send().await.unwrap();
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} answered {status} with non-JSON ({e}): {text}"));
+        (status, headers, json)
+    }
+
+    /// GETs `path` with this harness's key as a bearer token; returns (status, body as JSON).
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        let resp = self.client.get(self.url(path)).bearer_auth(&self.key).send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
     pub async fn download(&self, url: &str) -> (u16, Vec<u8>) {

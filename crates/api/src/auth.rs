@@ -13,6 +13,9 @@ pub enum Scheme {
     Token,
     /// `Authorization: Bearer <key>` (OpenAI).
     Bearer,
+    /// `Authorization: <key>` or `Authentication: <key>`, bare or as `Bearer <key>` (basic
+    /// textToImage: its document names `Authentication`, its example sends `Authorization`).
+    Basic,
     /// Any of the above, or the bare key (dialect-neutral endpoints).
     Any,
 }
@@ -22,6 +25,7 @@ impl Scheme {
         match self {
             Scheme::Token => "'authorization: Token <key>'",
             Scheme::Bearer => "'Authorization: Bearer <key>'",
+            Scheme::Basic => "'Authorization: <key>'",
             Scheme::Any => "'Authorization: Bearer <key>'",
         }
     }
@@ -43,7 +47,10 @@ pub enum AuthFailure {
 }
 
 fn extract(headers: &HeaderMap, scheme: Scheme) -> Result<&str, AuthFailure> {
-    let value = headers.get(AUTHORIZATION).ok_or(AuthFailure::Missing(scheme.expected()))?;
+    let value = headers
+        .get(AUTHORIZATION)
+        .or_else(|| if scheme == Scheme::Basic { headers.get("authentication") } else { None })
+        .ok_or(AuthFailure::Missing(scheme.expected()))?;
     let value = value.to_str().map_err(|_| AuthFailure::Malformed(scheme.expected()))?.trim();
     let (word, rest) = match value.split_once(char::is_whitespace) {
         Some((word, rest)) => (Some(word), rest.trim()),
@@ -53,7 +60,8 @@ fn extract(headers: &HeaderMap, scheme: Scheme) -> Result<&str, AuthFailure> {
         (Scheme::Token, Some(w)) if w.eq_ignore_ascii_case("token") => rest,
         (Scheme::Bearer, Some(w)) if w.eq_ignore_ascii_case("bearer") => rest,
         (Scheme::Any, Some(w)) if w.eq_ignore_ascii_case("bearer") || w.eq_ignore_ascii_case("token") => rest,
-        (Scheme::Any, None) => value,
+        (Scheme::Basic, Some(w)) if w.eq_ignore_ascii_case("bearer") => rest,
+        (Scheme::Any | Scheme::Basic, None) => value,
         _ => return Err(AuthFailure::Malformed(scheme.expected())),
     };
     if secret.is_empty() || secret.contains(char::is_whitespace) {
@@ -99,5 +107,16 @@ mod tests {
             assert_eq!(extract(&headers(v), Scheme::Any).unwrap(), "abc", "{v}");
         }
         assert!(matches!(extract(&headers("Basic abc"), Scheme::Any), Err(AuthFailure::Malformed(_))));
+    }
+
+    #[test]
+    fn the_basic_scheme_reads_authorization_or_authentication_with_a_bare_or_bearer_key() {
+        assert_eq!(extract(&headers("abc"), Scheme::Basic).unwrap(), "abc");
+        assert_eq!(extract(&headers("Bearer abc"), Scheme::Basic).unwrap(), "abc");
+        let mut h = HeaderMap::new();
+        h.insert("authentication", "abc".parse().unwrap());
+        assert_eq!(extract(&h, Scheme::Basic).unwrap(), "abc");
+        assert!(matches!(extract(&h, Scheme::Bearer), Err(AuthFailure::Missing(_))));
+        assert!(matches!(extract(&headers("Token abc"), Scheme::Basic), Err(AuthFailure::Malformed(_))));
     }
 }

@@ -119,6 +119,38 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// A required integer in `min..=max`.
+    pub fn required_int(&self, name: &str, min: i64, max: u64) -> Result<u64, InputError> {
+        let path = self.path(name);
+        self.opt_int(name, min, max)?
+            .ok_or_else(|| InputError::field(&path, format!("{path} is required: an integer from {min} to {max}")))
+    }
+
+    /// An optional number (integer or not) in `min..=max`.
+    pub fn opt_number(&self, name: &str, min: f64, max: f64) -> Result<Option<f64>, InputError> {
+        let path = self.path(name);
+        match self.get(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) if n.as_f64().is_some_and(|f| (min..=max).contains(&f)) => Ok(n.as_f64()),
+            Some(_) => Err(InputError::field(&path, format!("{path} must be a number from {min} to {max}"))),
+        }
+    }
+
+    /// An optional string that must be one of `allowed` (compared exactly); the error lists them.
+    pub fn opt_enum(&self, name: &str, allowed: &[&str]) -> Result<Option<String>, InputError> {
+        let path = self.path(name);
+        match self.opt_string(name, 256)? {
+            None => Ok(None),
+            Some(s) if allowed.contains(&s.as_str()) => Ok(Some(s)),
+            Some(s) => Err(InputError::field(&path, format!("{path} {s:?} is not one of {}", allowed.join(", ")))),
+        }
+    }
+
+    /// The names present in the object that are not in `known` (for dialects that refuse them).
+    pub fn unknown(&self, known: &[&str]) -> Vec<String> {
+        self.map.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect()
+    }
+
     /// An optional absolute `http`/`https` URL.
     pub fn opt_http_url(&self, name: &str) -> Result<Option<String>, InputError> {
         let path = self.path(name);
@@ -166,6 +198,20 @@ mod tests {
         for bad in ["rel", "ftp", "word", "num"] {
             assert_eq!(f.opt_http_url(bad).unwrap_err().field.as_deref(), Some(bad));
         }
+    }
+
+    #[test]
+    fn numbers_and_enums_are_checked_and_their_errors_list_what_is_accepted() {
+        let m = map(json!({"x": 7.5, "i": 3, "s": "7", "e": "b", "bad": "z"}));
+        let f = Fields::new(&m);
+        assert_eq!(f.opt_number("x", 0.0, 35.0).unwrap(), Some(7.5));
+        assert_eq!(f.opt_number("i", 0.0, 35.0).unwrap(), Some(3.0));
+        assert!(f.opt_number("x", 0.0, 5.0).unwrap_err().message.contains("from 0 to 5"));
+        assert!(f.opt_number("s", 0.0, 35.0).is_err());
+        assert_eq!(f.opt_enum("e", &["a", "b"]).unwrap().as_deref(), Some("b"));
+        assert!(f.opt_enum("bad", &["a", "b"]).unwrap_err().message.contains("a, b"));
+        assert!(f.required_int("missing", 1, 2).unwrap_err().message.contains("is required"));
+        assert_eq!(f.unknown(&["x", "i", "s", "e"]), vec!["bad".to_owned()]);
     }
 
     #[test]

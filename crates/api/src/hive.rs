@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use easel_core::request::{Dialect, GenerationRequest, resolve_seeds};
 use easel_core::task::{Task, TaskStatus};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
-use crate::{AppState, ServiceError, TaskView, idempotency_key, load_task_view};
+use crate::{AppState, ServiceError, TaskView, load_task_view, new_task};
 
+pub const ROUTE: &str = "/api/v2/task/async";
 pub const MAX_IMAGES: u64 = 6;
 pub const IMAGE_SIDE: u32 = 1024;
 /// Prompts are cut at 77 CLIP tokens anyway; this bound only keeps bodies sane.
@@ -89,14 +89,8 @@ pub fn parse_submit(body: &serde_json::Map<String, Value>) -> Result<HiveSubmit,
     let num_images = u32::try_from(num_images).unwrap_or(1);
     Ok(HiveSubmit {
         request: GenerationRequest {
-            prompt,
             negative_prompt,
-            width: IMAGE_SIDE,
-            height: IMAGE_SIDE,
-            steps: None,
-            guidance: None,
-            sampler: None,
-            seeds: resolve_seeds(seed, num_images),
+            ..GenerationRequest::new(prompt, IMAGE_SIDE, IMAGE_SIDE, resolve_seeds(seed, num_images))
         },
         callback_url,
     })
@@ -108,16 +102,9 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HiveError> {
     let key = require_key(&state, &headers, Scheme::Token).await?;
-    let parsed = parse_submit(&json_object(body)?)?;
-    let idempotency_key = idempotency_key(&headers).map_err(HiveError::from)?;
-    let task = Task::new(
-        key.id,
-        Dialect::Hive,
-        parsed.request,
-        parsed.callback_url,
-        idempotency_key,
-        OffsetDateTime::now_utc(),
-    );
+    let body = json_object(body)?;
+    let parsed = parse_submit(&body)?;
+    let task = new_task(&key, Dialect::Hive, ROUTE, &body, &headers, parsed.request, parsed.callback_url)?;
     let submitted = state.submit(task).await?;
     let view = TaskView { task: submitted.task, image_urls: vec![] };
     Ok((StatusCode::OK, Json(task_object(&view))).into_response())

@@ -5,6 +5,10 @@
 pub mod auth;
 pub mod body;
 pub mod hive;
+pub mod models;
+pub mod openai;
+pub mod stability;
+pub mod sync;
 pub mod tasks;
 pub mod usage;
 
@@ -24,12 +28,25 @@ use easel_core::submit::{SubmitError, Submitted, Submitter};
 pub use easel_core::task::TaskView;
 use easel_core::task::{Task, TaskId};
 use serde_json::json;
+use time::OffsetDateTime;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthFailure;
 use crate::body::{InputError, MAX_BODY_BYTES};
+pub use crate::models::ModelCatalog;
 
-/// What every handler needs: the ports, and how long image URLs live.
+/// How the API behaves, as configured by the binary that runs it.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// How long image URLs handed out stay valid.
+    pub url_ttl: Duration,
+    /// How long a synchronous dialect waits for its task before answering `202` (DESIGN.md §3.1).
+    pub sync_wait: Duration,
+    /// The models callers may name, with their sizes and aliases.
+    pub models: ModelCatalog,
+}
+
+/// What every handler needs: the ports and the settings.
 #[derive(Clone)]
 pub struct AppState {
     pub tasks: Arc<dyn TaskStore>,
@@ -37,11 +54,17 @@ pub struct AppState {
     pub keys: Arc<dyn KeyStore>,
     submitter: Submitter,
     pub url_ttl: Duration,
+    pub sync_wait: Duration,
+    pub models: Arc<ModelCatalog>,
 }
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("url_ttl", &self.url_ttl).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("url_ttl", &self.url_ttl)
+            .field("sync_wait", &self.sync_wait)
+            .field("models", &self.models)
+            .finish_non_exhaustive()
     }
 }
 
@@ -51,10 +74,18 @@ impl AppState {
         jobs: Arc<JobQueue>,
         images: Arc<dyn ImageStore>,
         keys: Arc<dyn KeyStore>,
-        url_ttl: Duration,
+        settings: ApiSettings,
     ) -> Self {
         let submitter = Submitter::new(Arc::clone(&tasks), jobs);
-        AppState { tasks, images, keys, submitter, url_ttl }
+        AppState {
+            tasks,
+            images,
+            keys,
+            submitter,
+            url_ttl: settings.url_ttl,
+            sync_wait: settings.sync_wait,
+            models: Arc::new(settings.models),
+        }
     }
 
     async fn submit(&self, task: Task) -> Result<Submitted, ServiceError> {
@@ -88,7 +119,7 @@ impl ServiceError {
     pub fn status(&self) -> StatusCode {
         match self {
             ServiceError::TaskNotFound(_) => StatusCode::NOT_FOUND,
-            ServiceError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            ServiceError::IdempotencyKeyReused => StatusCode::CONFLICT,
             ServiceError::Store(_) | ServiceError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -112,6 +143,24 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, InputError
         return Err(err());
     }
     Ok(Some(s.to_owned()))
+}
+
+/// A new queued task for `key`, with the request's `Idempotency-Key` and a fingerprint of its body
+/// as sent (so that a retry with the same key must send the same body).
+pub fn new_task(
+    key: &ApiKey,
+    dialect: Dialect,
+    route: &str,
+    body: &serde_json::Map<String, serde_json::Value>,
+    headers: &HeaderMap,
+    request: easel_core::request::GenerationRequest,
+    callback_url: Option<String>,
+) -> Result<Task, InputError> {
+    let idempotency_key = idempotency_key(headers)?;
+    let mut task =
+        Task::new(key.id.clone(), dialect, request, callback_url, idempotency_key, OffsetDateTime::now_utc());
+    task.fingerprint = Some(easel_core::submit::fingerprint(dialect, route, &serde_json::Value::Object(body.clone())));
+    Ok(task)
 }
 
 /// Loads a task the key may see. Another key's task is reported as not found.
@@ -148,6 +197,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/api/v2/task/async", post(hive::submit))
         .route("/api/v2/task/{id}", get(hive::status))
+        .route("/api/generate/basic/textToImage", post(stability::text_to_image))
+        .route("/v1/images/generations", post(openai::generations))
+        .route("/api/images/generations", post(openai::generations))
+        .route("/v1/models", get(openai::list_models))
+        .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/tasks/{id}", get(tasks::get_task))
         .route("/v1/usage", get(usage::get_usage))
         .fallback(not_found)

@@ -10,7 +10,8 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use easel_api::AppState;
+use easel_api::models::ModelCatalog;
+use easel_api::{ApiSettings, AppState};
 use easel_callbacks::HttpCallbackSender;
 use easel_core::generator::Generator;
 use easel_core::keys::create_key;
@@ -30,6 +31,8 @@ pub struct ServeConfig {
     /// Base of image URLs; defaults to `http://{bound address}`.
     pub public_url: Option<String>,
     pub url_ttl: Duration,
+    /// How long the synchronous dialects wait for their task before answering 202.
+    pub sync_wait: Duration,
     pub max_receives: u32,
     pub worker: WorkerConfig,
     /// Where the development key is written on first start (mode 0600); `None` creates no key.
@@ -105,12 +108,18 @@ impl LocalServer {
             None => DevKey::None,
         };
 
+        // The catalog of the loaded model (without a worker, tasks are only queued).
+        let models = match &generator {
+            Some(generator) => ModelCatalog::for_descriptor(generator.descriptor()),
+            None => ModelCatalog::unloaded(),
+        };
+        let settings = ApiSettings { url_ttl: config.url_ttl, sync_wait: config.sync_wait, models };
         let state = AppState::new(
             backend.tasks.clone(),
             backend.jobs.clone(),
             backend.images.clone(),
             backend.keys.clone(),
-            config.url_ttl,
+            settings,
         );
         let app = easel_api::router(state).merge(files_router(Arc::clone(&backend.images)));
         let (shutdown, rx) = watch::channel(false);

@@ -82,6 +82,10 @@ struct ServeArgs {
     /// Lifetime of image URLs, in seconds.
     #[arg(long, env = "EASEL_URL_TTL_SECONDS", default_value_t = 3600)]
     url_ttl_seconds: u64,
+    /// How long the synchronous dialects (OpenAI, basic textToImage) wait for an image before
+    /// answering 202 with the task's URL, in seconds.
+    #[arg(long, env = "EASEL_SYNC_WAIT_SECONDS", default_value_t = 300)]
+    sync_wait_seconds: u64,
     /// Receives of one job before it goes to the dead-letter queue.
     #[arg(long, env = "EASEL_MAX_RECEIVES", default_value_t = 3)]
     max_receives: u32,
@@ -206,6 +210,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data.data_dir,
         public_url: args.public_url,
         url_ttl: Duration::from_secs(args.url_ttl_seconds),
+        sync_wait: Duration::from_secs(args.sync_wait_seconds),
         max_receives: args.max_receives,
         worker: WorkerConfig::default(),
         dev_key_file: Some(args.dev_key_file),

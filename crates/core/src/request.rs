@@ -29,9 +29,61 @@ pub struct GenerationRequest {
     pub sampler: Option<crate::generator::SamplerKind>,
     /// One seed per image, resolved at submission so that a redelivered job redraws the same images.
     pub seeds: Vec<u64>,
+    /// A Stability `style_preset` name (checked against [`crate::presets::names`] at submission);
+    /// the worker puts the prompts into its template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style_preset: Option<String>,
+    /// `High` runs more denoising steps than the model's default (OpenAI's `quality: hd`).
+    #[serde(default, skip_serializing_if = "Quality::is_standard")]
+    pub quality: Quality,
+    /// The model the caller asked for (the installed model's id, aliases already resolved), as
+    /// recorded; the task's run record says which model actually ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+}
+
+/// How much work to spend on an image when the caller gives no step count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    #[default]
+    Standard,
+    /// One and a half times the model's default steps (within its maximum).
+    High,
+}
+
+impl Quality {
+    pub fn is_standard(&self) -> bool {
+        *self == Quality::Standard
+    }
+
+    /// The step count for a request that names none, given the model's default and maximum.
+    pub fn steps(self, default_steps: u32, max_steps: u32) -> u32 {
+        match self {
+            Quality::Standard => default_steps,
+            Quality::High => (default_steps.saturating_mul(3) / 2).clamp(default_steps.min(max_steps), max_steps),
+        }
+    }
 }
 
 impl GenerationRequest {
+    /// A text-to-image request with the model's defaults for every optional knob.
+    pub fn new(prompt: impl Into<String>, width: u32, height: u32, seeds: Vec<u64>) -> Self {
+        GenerationRequest {
+            prompt: prompt.into(),
+            negative_prompt: None,
+            width,
+            height,
+            steps: None,
+            guidance: None,
+            sampler: None,
+            seeds,
+            style_preset: None,
+            quality: Quality::Standard,
+            model: None,
+        }
+    }
+
     pub fn num_images(&self) -> u32 {
         u32::try_from(self.seeds.len()).unwrap_or(u32::MAX)
     }
@@ -50,6 +102,14 @@ pub fn resolve_seeds(base: Option<u64>, n: u32) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn high_quality_runs_half_as_many_steps_again_within_the_maximum() {
+        assert_eq!(Quality::Standard.steps(30, 50), 30);
+        assert_eq!(Quality::High.steps(30, 50), 45);
+        assert_eq!(Quality::High.steps(40, 50), 50);
+        assert_eq!(Quality::High.steps(1, 4), 1);
+    }
 
     #[test]
     fn a_base_seed_gives_consecutive_seeds() {

@@ -168,6 +168,13 @@ pub struct Task {
     pub request: GenerationRequest,
     pub callback_url: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Digest of the request as the caller sent it ([`crate::submit::fingerprint`]): a retry with
+    /// the same idempotency key must send the same request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The caller's own end-user id, when its dialect has one (OpenAI's `user`); recorded only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option", default)]
@@ -246,6 +253,8 @@ impl Task {
             request,
             callback_url,
             idempotency_key,
+            fingerprint: None,
+            end_user: None,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -329,16 +338,7 @@ mod tests {
 
     #[test]
     fn a_succeeded_task_is_charged_its_images_at_the_requested_size_and_the_steps_that_ran() {
-        let request = GenerationRequest {
-            prompt: "p".into(),
-            negative_prompt: None,
-            width: 1024,
-            height: 1024,
-            steps: None,
-            guidance: None,
-            sampler: None,
-            seeds: vec![1, 2],
-        };
+        let request = GenerationRequest::new("p", 1024, 1024, vec![1, 2]);
         let now = OffsetDateTime::now_utc();
         let mut task = Task::new("key", Dialect::Hive, request, None, None, now);
         let image =

@@ -11,6 +11,7 @@ use tokio::time::MissedTickBehavior;
 use crate::generator::{GenerateError, Generation, GenerationSpec, Generator, ProgressSink};
 use crate::png::encode_png;
 use crate::ports::{Claim, Delivery, ImageStore, Job, JobQueue, Notice, NoticeQueue, StoreError, TaskStore};
+use crate::request::GenerationRequest;
 use crate::task::{Completion, ImageRecord, Progress, RunRecord, Task, TaskError, TaskId};
 
 #[derive(Debug, Clone)]
@@ -233,12 +234,24 @@ impl Worker {
         tracing::info!(task_id = %task.id, attempt = task.attempts, images = task.request.num_images(), "generating");
 
         let descriptor = self.generator.descriptor().clone();
+        let (prompt, negative_prompt) = match styled_prompts(&task.request) {
+            Ok(prompts) => prompts,
+            Err(message) => {
+                let error = TaskError { code: "invalid_request".into(), message };
+                let completion = Completion::Failed { error, run: None, warnings: vec![] };
+                self.finish(task.id, completion, OffsetDateTime::now_utc()).await?;
+                return Ok(JobOutcome::Done);
+            }
+        };
         let spec = GenerationSpec {
-            prompt: task.request.prompt.clone(),
-            negative_prompt: task.request.negative_prompt.clone().unwrap_or_default(),
+            prompt,
+            negative_prompt,
             width: task.request.width,
             height: task.request.height,
-            steps: task.request.steps.unwrap_or(descriptor.default_steps),
+            steps: task
+                .request
+                .steps
+                .unwrap_or_else(|| task.request.quality.steps(descriptor.default_steps, descriptor.max_steps)),
             guidance: task.request.guidance.unwrap_or(descriptor.default_guidance),
             seeds: task.request.seeds.clone(),
             sampler: task.request.sampler,
@@ -414,5 +427,16 @@ impl Worker {
             records.push(ImageRecord { index, key, width, height, seed, bytes });
         }
         Ok(Completion::Succeeded { images: records, run, warnings: generation.warnings, generate_ms })
+    }
+}
+
+/// The prompt and negative prompt the engine gets: the caller's, put into the style preset's
+/// template when the request names one. Fails (with a message for the caller) for a preset this
+/// build does not know (the API checks names, so only a request from a newer build can).
+fn styled_prompts(request: &GenerationRequest) -> Result<(String, String), String> {
+    let negative = request.negative_prompt.clone().unwrap_or_default();
+    match &request.style_preset {
+        None => Ok((request.prompt.clone(), negative)),
+        Some(name) => crate::presets::apply(name, &request.prompt, &negative).map_err(|e| e.to_string()),
     }
 }

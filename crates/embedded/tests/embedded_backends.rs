@@ -19,16 +19,7 @@ fn task(idempotency_key: Option<&str>) -> Task {
     Task::new(
         "key_a",
         Dialect::Hive,
-        GenerationRequest {
-            prompt: "a cat".into(),
-            negative_prompt: None,
-            width: 64,
-            height: 64,
-            steps: None,
-            guidance: None,
-            sampler: None,
-            seeds: vec![1],
-        },
+        GenerationRequest::new("a cat", 64, 64, vec![1]),
         None,
         idempotency_key.map(str::to_owned),
         OffsetDateTime::now_utc(),

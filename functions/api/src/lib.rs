@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use easel_api::AppState;
+use easel_api::models::{DEFAULT_ALIASES, ModelCatalog};
+use easel_api::{ApiSettings, AppState};
 use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -10,6 +11,13 @@ pub struct Config {
     pub aws: AwsSettings,
     /// Lifetime of the presigned image URLs handed out (`EASEL_URL_TTL_SECONDS`, default 3600).
     pub url_ttl: Duration,
+    /// How long the synchronous dialects wait before answering 202 (`EASEL_SYNC_WAIT_SECONDS`,
+    /// default 25: API Gateway ends a request after 29 s).
+    pub sync_wait: Duration,
+    /// The model the workers run, as callers may name it: `EASEL_MODEL_ID` (default `tiny-sd`),
+    /// `EASEL_MODEL_SIZES` (default `256x256,512x512,1024x1024`), `EASEL_MODEL_ALIASES` (default
+    /// `dall-e-2,dall-e-3,gpt-image-1`).
+    pub models: ModelCatalog,
 }
 
 impl Config {
@@ -22,12 +30,24 @@ impl Config {
         let mut env = EnvReader::new();
         let aws = AwsSettings::read(&mut env, lookup, Needs { jobs: true, notices: false });
         let ttl: u64 = env.parsed(lookup, "EASEL_URL_TTL_SECONDS", 3600, "a number of seconds");
-        env.finish(Config { aws, url_ttl: Duration::from_secs(ttl) })
+        let sync_wait: u64 = env.parsed(lookup, "EASEL_SYNC_WAIT_SECONDS", 25, "a number of seconds");
+        let setting = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
+        let models = ModelCatalog::from_settings(
+            &setting("EASEL_MODEL_ID", "tiny-sd"),
+            &setting("EASEL_MODEL_SIZES", "256x256,512x512,1024x1024"),
+            &setting("EASEL_MODEL_ALIASES", &DEFAULT_ALIASES.join(",")),
+        );
+        let models = models.unwrap_or_else(|problem| {
+            env.problem(format!("EASEL_MODEL_ID / EASEL_MODEL_SIZES / EASEL_MODEL_ALIASES: {problem}"));
+            ModelCatalog::unloaded()
+        });
+        env.finish(Config { aws, url_ttl: Duration::from_secs(ttl), sync_wait: Duration::from_secs(sync_wait), models })
     }
 }
 
 /// The API router over clients built from `sdk`.
 pub fn app(config: &Config, sdk: &SdkConfig) -> axum::Router {
     let backend = AwsBackend::new(sdk, &config.aws);
-    easel_api::router(AppState::new(backend.tasks, backend.jobs, backend.images, backend.keys, config.url_ttl))
+    let settings = ApiSettings { url_ttl: config.url_ttl, sync_wait: config.sync_wait, models: config.models.clone() };
+    easel_api::router(AppState::new(backend.tasks, backend.jobs, backend.images, backend.keys, settings))
 }

@@ -50,16 +50,7 @@ fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
 }
 
 async fn queue_task(env: &AwsEnv, images: u64, side: u32) -> Task {
-    let request = GenerationRequest {
-        prompt: "a paper boat".into(),
-        negative_prompt: None,
-        width: side,
-        height: side,
-        steps: None,
-        guidance: None,
-        sampler: None,
-        seeds: (1..=images).collect(),
-    };
+    let request = GenerationRequest::new("a paper boat", side, side, (1..=images).collect());
     let task = Task::new("key_poll", Dialect::Hive, request, None, None, OffsetDateTime::now_utc());
     assert_eq!(env.backend.tasks.insert(&task).await.unwrap(), Inserted::New);
     env.backend.jobs.send(&Job { task_id: task.id }).await.unwrap();
