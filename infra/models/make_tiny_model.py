@@ -127,12 +127,52 @@ SMALL = dict(
 )
 
 
+# How the folder is exported. "optimum": int64 input_ids, a rank-0 float timestep, the VAE encoder's
+# `latent_parameters` (mean || logvar) -- what `optimum-cli export onnx` writes. "script": what
+# diffusers' scripts/convert_stable_diffusion_checkpoint_to_onnx.py writes: int32 input_ids, a
+# float timestep of shape [batch], and a VAE encoder whose output `latent_sample` is already a
+# sample of the posterior (a RandomNormalLike node inside the graph).
+EXPORT = dict(convention="optimum", scheduler_class="EulerDiscreteScheduler", pad_token="<|endoftext|>")
+
+# `--preset script`: the SD-1.x tiny model, smaller, exported the script's way. A test fixture
+# (crates/diffusion/tests/fixtures/models/tiny-sd-script).
+SCRIPT = dict(
+    text=dict(hidden_size=8, intermediate_size=32, projection_dim=8),
+    unet=dict(sample_size=64, cross_attention_dim=8, block_out_channels=(8, 16, 16, 16)),
+    easel=dict(name="tiny-sd-script", description="Tiny random-weight SD-1.x model in the layout of diffusers' "
+               "conversion script (int32 input_ids, float [batch] timestep); a test fixture.",
+               native_width=512, native_height=512),
+    export=dict(convention="script"),
+)
+
+# `--preset sd2-v`: an SD-2.x-shaped tiny model: v-prediction with SD 2.1's DDIM scheduler config,
+# an OpenCLIP-style text encoder (gelu) whose tokenizer pads with "!" (id 0), linear projections
+# and upcast attention in the UNet, per-block head counts. A test fixture
+# (crates/diffusion/tests/fixtures/models/tiny-sd2-v).
+SD2_V = dict(
+    text=dict(hidden_size=8, intermediate_size=32, projection_dim=8, hidden_act="gelu", pad_token_id=0),
+    # The tiny model's UNet widths: at (8, 16, 16, 16) this random UNet made DDIM at 6 steps
+    # ill-conditioned (a 1e-6 change of the initial latents moved diffusers' own output by 7e-4),
+    # which no parity check can work with.
+    unet=dict(sample_size=64, cross_attention_dim=8, use_linear_projection=True, upcast_attention=True,
+              attention_head_dim=(2, 4, 4, 4)),
+    scheduler=dict(prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False),
+    easel=dict(name="tiny-sd2-v", description="Tiny random-weight SD-2.x-shaped model (v-prediction, OpenCLIP-style "
+               "tokenizer padding); a test fixture.", native_width=512, native_height=512),
+    export=dict(scheduler_class="DDIMScheduler", pad_token="!"),
+)
+
+
 def apply_preset(name):
-    if name == "small":
-        TEXT.update(SMALL["text"])
-        UNET.update(SMALL["unet"])
-        VAE.update(SMALL["vae"])
-        EASEL.update(SMALL["easel"])
+    preset = {"small": SMALL, "script": SCRIPT, "sd2-v": SD2_V}.get(name)
+    if preset is None:
+        return
+    TEXT.update(preset.get("text", {}))
+    UNET.update(preset.get("unet", {}))
+    VAE.update(preset.get("vae", {}))
+    SCHEDULER.update(preset.get("scheduler", {}))
+    EASEL.update(preset.get("easel", {}))
+    EXPORT.update(preset.get("export", {}))
 
 
 FIXTURE_PROMPTS = [
@@ -217,7 +257,7 @@ def build_tokenizer(bpe_gz: Path, out: Path):
 
     # Positional vocab/merges (the keyword form of CLIPTokenizerFast misbehaved in transformers 5).
     tok = CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"),
-                        pad_token="<|endoftext|>", model_max_length=77)
+                        pad_token=EXPORT["pad_token"], model_max_length=77)
     # transformers 5's save_pretrained writes tokenizer_config.json + tokenizer.json only. Keep its
     # tokenizer_config.json; leave tokenizer.json out (3.6 MB; SD repos ship vocab.json + merges.txt,
     # and easel must read those anyway).
@@ -296,6 +336,13 @@ class VaeEncoderWrapper(torch.nn.Module):
         return self.m.encode(sample, return_dict=True).latent_dist.parameters
 
 
+class VaeEncoderSampleWrapper(VaeEncoderWrapper):
+    """diffusers' conversion script: latent_sample = a sample of the posterior."""
+
+    def forward(self, sample):
+        return self.m.encode(sample, return_dict=True).latent_dist.sample()
+
+
 class VaeDecoderWrapper(torch.nn.Module):
     def __init__(self, m):
         super().__init__()
@@ -355,7 +402,8 @@ def build_models(out: Path):
     hid = TEXT["hidden_size"]
     # text encoder
     d = out / "text_encoder"
-    ids = torch.full((1, 77), 49407, dtype=torch.int64)
+    script = EXPORT["convention"] == "script"
+    ids = torch.full((1, 77), 49407, dtype=torch.int32 if script else torch.int64)
     ids[0, :4] = torch.tensor([49406, 320, 1125, 49407])
     export(TextEncoderWrapper(text), (ids,), d / "model.onnx", ["input_ids"],
            ["last_hidden_state", "pooler_output"],
@@ -367,20 +415,23 @@ def build_models(out: Path):
 
     # unet
     d = out / "unet"
+    timestep = torch.tensor([999.0, 999.0]) if script else torch.tensor(999.0)
+    timestep_axes = {"timestep": {0: "batch"}} if script else {}
     export(UNetWrapper(unet),
-           (torch.randn(2, 4, 16, 24), torch.tensor(999.0), torch.randn(2, 77, hid)),
+           (torch.randn(2, 4, 16, 24), timestep, torch.randn(2, 77, hid)),
            d / "model.onnx", ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
            {"sample": {0: "batch_size", 2: "height", 3: "width"},
             "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
-            "out_sample": {0: "batch_size", 2: "height", 3: "width"}})
+            "out_sample": {0: "batch_size", 2: "height", 3: "width"}, **timestep_axes})
     unet.save_config(str(d))
 
     # vae encoder / decoder (both carry the AutoencoderKL config, like optimum)
     d = out / "vae_encoder"
-    export(VaeEncoderWrapper(vae), (torch.randn(1, 3, 128, 192),), d / "model.onnx",
-           ["sample"], ["latent_parameters"],
+    encoder, encoder_out = (VaeEncoderSampleWrapper, "latent_sample") if script else (VaeEncoderWrapper, "latent_parameters")
+    export(encoder(vae), (torch.randn(1, 3, 128, 192),), d / "model.onnx",
+           ["sample"], [encoder_out],
            {"sample": {0: "batch_size", 2: "height", 3: "width"},
-            "latent_parameters": {0: "batch_size", 2: "height_latent", 3: "width_latent"}})
+            encoder_out: {0: "batch_size", 2: "height_latent", 3: "width_latent"}})
     vae.save_config(str(d))
     d = out / "vae_decoder"
     export(VaeDecoderWrapper(vae), (torch.randn(1, 4, 16, 24),), d / "model.onnx",
@@ -416,9 +467,9 @@ def build_models(out: Path):
 
 
 def write_scheduler(out: Path):
-    from diffusers import EulerDiscreteScheduler
+    import diffusers
 
-    sch = EulerDiscreteScheduler(**SCHEDULER)
+    sch = getattr(diffusers, EXPORT["scheduler_class"])(**SCHEDULER)
     sch.save_pretrained(str(out / "scheduler"))
     return sch
 
@@ -576,9 +627,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads for timings")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-verify", action="store_true")
-    ap.add_argument("--preset", choices=("tiny", "small"), default="tiny",
+    ap.add_argument("--preset", choices=("tiny", "small", "script", "sd2-v"), default="tiny",
                     help="small: the SD-1.5-shaped benchmark model (use with --out .easel/models/small-sd "
-                         "--no-verify --fixture /dev/null)")
+                         "--no-verify --fixture /dev/null); script and sd2-v: the test fixtures of the other "
+                         "exporter convention and of the SD 2.x family (--out crates/diffusion/tests/fixtures/models/"
+                         "tiny-sd-script or tiny-sd2-v, --no-verify --fixture /dev/null)")
     args = ap.parse_args()
     apply_preset(args.preset)
 
@@ -593,11 +646,12 @@ def main():
 
     log("versions:", versions())
     tok = build_tokenizer(args.bpe, out / "tokenizer")
-    records = check_tokenizer(out / "tokenizer")
-    args.fixture.parent.mkdir(parents=True, exist_ok=True)
-    args.fixture.write_text(
-        "[\n" + ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n", encoding="utf-8")
-    log(f"wrote {args.fixture.relative_to(REPO)} ({len(records)} prompts)")
+    records = check_tokenizer(out / "tokenizer") if EXPORT["pad_token"] == "<|endoftext|>" else []
+    if records and args.fixture != Path("/dev/null"):
+        args.fixture.parent.mkdir(parents=True, exist_ok=True)
+        args.fixture.write_text(
+            "[\n" + ",\n".join("  " + json.dumps(r, ensure_ascii=False) for r in records) + "\n]\n", encoding="utf-8")
+        log(f"wrote {args.fixture.relative_to(REPO)} ({len(records)} prompts)")
 
     sch = write_scheduler(out)
     fingerprints, params, ref = build_models(out)
@@ -623,6 +677,7 @@ def main():
         "versions": versions(),
         "bpe": {"source": args.bpe_source, "sha256": sha256(args.bpe)},
         "architecture": {"text_encoder": TEXT, "unet": UNET, "vae": VAE, "scheduler": SCHEDULER},
+        "export": EXPORT,
         "parameters": params,
         "weights_sha256": fingerprints,
         "files": files,

@@ -21,6 +21,8 @@ const TOLERANCE: f32 = 1e-3;
 #[derive(Debug, serde::Deserialize)]
 struct Cases {
     cases: Vec<Case>,
+    /// Cases on the other exported folders (the conversion script's convention, the SD 2.x family).
+    families: Vec<Case>,
     img2img: Vec<Case>,
 }
 
@@ -40,6 +42,9 @@ struct Case {
     noise_draws: usize,
     /// img2img cases only.
     strength: Option<f32>,
+    /// Another model folder than models/tiny-sd, relative to the repository root.
+    #[serde(default)]
+    model: Option<String>,
 }
 
 fn fixtures() -> PathBuf {
@@ -127,7 +132,11 @@ fn check_cases(cases: &[Case]) {
     let mut table = vec![format!("{:<32} {:<22} {:>8} {:>14}", "case", "sampler", "strength", "max |Δ| (0..1)")];
     let mut failed = Vec::new();
     for case in cases {
-        let diff = if case.scheduler.is_empty() {
+        let diff = if let Some(model) = &case.model {
+            let folder = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").join(model);
+            let pipeline = Pipeline::load(common::runtime(), &folder, &common::options()).unwrap();
+            run_case(case, &pipeline)
+        } else if case.scheduler.is_empty() {
             run_case(case, common::pipeline())
         } else {
             let dir = tempfile::tempdir().unwrap();
@@ -150,6 +159,14 @@ fn every_sampler_reproduces_the_diffusers_onnx_pipeline_within_1e_3() {
     let cases = cases().cases;
     let covered: std::collections::HashSet<SamplerKind> = cases.iter().map(|c| c.sampler.parse().unwrap()).collect();
     assert_eq!(covered.len(), SamplerKind::ALL.len(), "every sampler has a parity case");
+    check_cases(&cases);
+}
+
+#[test]
+fn the_conversion_script_convention_and_an_sd2_v_prediction_export_reproduce_diffusers_within_1e_3() {
+    let cases = cases().families;
+    let models: std::collections::HashSet<&str> = cases.iter().filter_map(|c| c.model.as_deref()).collect();
+    assert_eq!(models.len(), 2, "both exported folders have cases");
     check_cases(&cases);
 }
 
