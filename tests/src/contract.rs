@@ -204,6 +204,33 @@ pub async fn a_task_completes_once_and_only_while_running(p: &Ports) {
     assert_eq!(p.tasks.get(task.id).await.unwrap(), Some(done));
 }
 
+pub async fn a_queued_or_running_task_is_canceled_but_a_finished_one_stays_as_it_is(p: &Ports) {
+    let now = OffsetDateTime::now_utc();
+    let queued = new_task("key_a", None);
+    p.tasks.insert(&queued).await.unwrap();
+    let canceled = p.tasks.cancel(queued.id, now).await.unwrap().expect("queued → canceled");
+    assert_eq!((canceled.status, canceled.usage), (TaskStatus::Canceled, None));
+    assert!(canceled.finished_at.is_some());
+    assert_eq!(p.tasks.claim(queued.id, LEASE, now).await.unwrap(), Claim::NotClaimable(TaskStatus::Canceled));
+
+    let running = new_task("key_a", None);
+    p.tasks.insert(&running).await.unwrap();
+    p.tasks.claim(running.id, LEASE, now).await.unwrap();
+    assert_eq!(p.tasks.cancel(running.id, now).await.unwrap().unwrap().status, TaskStatus::Canceled);
+    // Its worker's progress, heartbeat and late result are refused: nothing is charged.
+    assert!(!p.tasks.set_progress(running.id, Progress { step: 1, steps: 2 }).await.unwrap());
+    assert!(!p.tasks.extend_lease(running.id, LEASE, now).await.unwrap());
+    assert_eq!(p.tasks.complete(running.id, succeeded(&running), now).await.unwrap(), None);
+    assert_eq!(p.tasks.usage("key_a", now.date(), now.date()).await.unwrap(), vec![]);
+
+    let finished = new_task("key_a", None);
+    p.tasks.insert(&finished).await.unwrap();
+    p.tasks.claim(finished.id, LEASE, now).await.unwrap();
+    let done = p.tasks.complete(finished.id, succeeded(&finished), now).await.unwrap().unwrap();
+    assert_eq!(p.tasks.cancel(finished.id, now).await.unwrap(), Some(done), "a finished task is left alone");
+    assert_eq!(p.tasks.cancel(new_task("key_a", None).id, now).await.unwrap(), None);
+}
+
 pub async fn a_key_is_charged_once_per_succeeded_task_by_day_and_never_for_a_failure(p: &Ports) {
     let day = OffsetDateTime::now_utc();
     let next_day = day + Duration::from_secs(86_400);
@@ -259,10 +286,10 @@ pub async fn progress_and_heartbeats_apply_only_to_running_tasks(p: &Ports) {
     let now = OffsetDateTime::now_utc();
     let progress = Progress { step: 3, steps: 10 };
     assert!(!p.tasks.extend_lease(task.id, LEASE, now).await.unwrap(), "queued");
-    p.tasks.set_progress(task.id, progress).await.unwrap();
+    assert!(!p.tasks.set_progress(task.id, progress).await.unwrap(), "queued");
     assert_eq!(p.tasks.get(task.id).await.unwrap().unwrap().progress, None, "queued tasks have no progress");
     p.tasks.claim(task.id, LEASE, now).await.unwrap();
-    p.tasks.set_progress(task.id, progress).await.unwrap();
+    assert!(p.tasks.set_progress(task.id, progress).await.unwrap(), "running");
     assert_eq!(p.tasks.get(task.id).await.unwrap().unwrap().progress, Some(progress));
     p.tasks.complete(task.id, Completion::Canceled, now).await.unwrap();
     assert!(!p.tasks.extend_lease(task.id, LEASE, now).await.unwrap(), "finished");

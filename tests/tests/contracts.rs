@@ -33,6 +33,7 @@ contracts!(
     of_two_concurrent_claims_exactly_one_wins,
     a_running_task_is_claimed_again_only_after_its_lease_expires,
     a_task_completes_once_and_only_while_running,
+    a_queued_or_running_task_is_canceled_but_a_finished_one_stays_as_it_is,
     a_key_is_charged_once_per_succeeded_task_by_day_and_never_for_a_failure,
     progress_and_heartbeats_apply_only_to_running_tasks,
     callback_attempts_are_appended_in_order,

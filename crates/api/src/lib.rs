@@ -202,7 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/images/generations", post(openai::generations))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
-        .route("/v1/tasks/{id}", get(tasks::get_task))
+        .route("/v1/tasks/{id}", get(tasks::get_task).delete(tasks::cancel_task))
         .route("/v1/usage", get(usage::get_usage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use easel_core::task::TaskStatus;
 use serde_json::{Value, json};
 
 use crate::auth::{AuthFailure, Scheme, require_key};
@@ -66,6 +67,34 @@ pub async fn get_task(
     Ok(Json(task_json(&view)).into_response())
 }
 
+/// `DELETE /v1/tasks/{id}`: cancels a queued or running task (a running one stops between
+/// denoising steps, at its worker's next heartbeat). Answers the task document: `200` when it is
+/// canceled (now or before), `409` with the document when it had already finished otherwise.
+pub async fn cancel_task(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NeutralError> {
+    let key = require_key(&state, &headers, Scheme::Any).await?;
+    let view = load_task_view(&state, &key, &id).await?;
+    let task_id = view.task.id;
+    let task = state
+        .tasks
+        .cancel(task_id, time::OffsetDateTime::now_utc())
+        .await
+        .map_err(ServiceError::Store)?
+        .ok_or_else(|| ServiceError::TaskNotFound(id.clone()))?;
+    let status = task.status;
+    let view = TaskView::mint(task, state.images.as_ref(), state.url_ttl).await.map_err(ServiceError::Store)?;
+    if status == TaskStatus::Canceled {
+        tracing::info!(%task_id, "task canceled");
+        return Ok(Json(task_json(&view)).into_response());
+    }
+    let message = format!("task {task_id} already finished ({status}); it cannot be canceled");
+    let body = json!({"error": {"code": "already_finished", "message": message}, "task": task_json(&view)});
+    Ok((StatusCode::CONFLICT, Json(body)).into_response())
+}
+
 /// The neutral task document.
 pub fn task_json(view: &TaskView) -> Value {
     let t = &view.task;
@@ -101,11 +130,16 @@ pub fn task_json(view: &TaskView) -> Value {
         "error": t.error,
         "attempts": t.attempts,
         "callback_url": t.callback_url,
-        "created_at": t.created_at,
-        "started_at": t.started_at,
-        "finished_at": t.finished_at,
+        "created_at": rfc3339(Some(t.created_at)),
+        "started_at": rfc3339(t.started_at),
+        "finished_at": rfc3339(t.finished_at),
         "timings": t.timings,
         "deliveries": t.deliveries,
         "usage": t.usage.map(|u| json!({"images": u.images, "credits": u.credits()})),
     })
+}
+
+/// A timestamp as RFC 3339 text (`null` when absent); `time`'s own serde form is a tuple.
+fn rfc3339(at: Option<time::OffsetDateTime>) -> Value {
+    at.and_then(|at| at.format(&time::format_description::well_known::Rfc3339).ok()).map_or(Value::Null, Value::String)
 }

@@ -424,7 +424,7 @@ impl TaskStore for DynamoTaskStore {
         .await
     }
 
-    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<(), StoreError> {
+    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<bool, StoreError> {
         let value = serde_dynamo::to_attribute_value(progress).map_err(corrupt("progress"))?;
         self.update_if_running(
             id,
@@ -433,8 +433,7 @@ impl TaskStore for DynamoTaskStore {
             &[("#task", "task"), ("#progress", "progress")],
             vec![(":progress", value)],
         )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn complete(
@@ -451,6 +450,19 @@ impl TaskStore for DynamoTaskStore {
                 Decision::Write(Box::new(task), None, done)
             }
             _ => Decision::Keep(None),
+        })
+        .await
+    }
+
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Option<Task>, StoreError> {
+        self.transition(id, "DynamoDB PutItem (cancel)", |current| match current {
+            Some(item) if !item.status.is_terminal() => {
+                let mut task = item.task;
+                Completion::Canceled.apply(&mut task, now);
+                let canceled = Some(task.clone());
+                Decision::Write(Box::new(task), None, canceled)
+            }
+            other => Decision::Keep(other.map(|item| item.task)),
         })
         .await
     }

@@ -58,8 +58,9 @@ pub trait TaskStore: Send + Sync {
     async fn claim(&self, id: TaskId, lease: Duration, now: OffsetDateTime) -> Result<Claim, StoreError>;
     /// Heartbeat of the worker that holds the task. False when the task is no longer running.
     async fn extend_lease(&self, id: TaskId, lease: Duration, now: OffsetDateTime) -> Result<bool, StoreError>;
-    /// Records progress while the task is running (ignored otherwise).
-    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<(), StoreError>;
+    /// Records progress while the task is running (ignored otherwise). False when it is no longer
+    /// running (canceled, or taken over): the worker stops its generation.
+    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<bool, StoreError>;
     /// Conditional terminal write: applied only while the task is `running`.
     /// Returns the updated task, or `None` when the task was not running (someone else finished it).
     /// When the task succeeds, its charge ([`Task::usage`]) is added to its key's total for the
@@ -70,6 +71,10 @@ pub trait TaskStore: Send + Sync {
         completion: Completion,
         now: OffsetDateTime,
     ) -> Result<Option<Task>, StoreError>;
+    /// Conditional: `queued | running → canceled` (a running task's worker sees it at its next
+    /// heartbeat and stops between steps). Returns the task as it is afterwards: `canceled`, or
+    /// unchanged when it had already finished; `None` when it does not exist. Nothing is charged.
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Option<Task>, StoreError>;
     /// Appends a callback delivery attempt to the task's record, whatever its status.
     /// False when the task does not exist.
     async fn record_delivery(&self, id: TaskId, attempt: CallbackAttempt) -> Result<bool, StoreError>;

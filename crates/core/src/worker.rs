@@ -331,7 +331,8 @@ impl Worker {
 
     /// Runs the engine on a blocking thread while this task keeps the lease and the job's
     /// visibility alive and writes progress. If the task stops being `running` (canceled, or
-    /// taken over after a lost lease), the engine is asked to stop. `None`: abandoned because
+    /// taken over after a lost lease), the engine is asked to stop, at the next progress write or
+    /// heartbeat, whichever comes first. `None`: abandoned because
     /// `shutdown` turned true and the grace period ran out.
     async fn generate_with_heartbeat(
         &self,
@@ -396,8 +397,11 @@ impl Worker {
                 _ = progress_tick.tick() => {
                     if rx.has_changed().unwrap_or(false) {
                         let progress = *rx.borrow_and_update();
-                        if let Some(progress) = progress {
-                            self.tasks.set_progress(task.id, progress).await?;
+                        if let Some(progress) = progress
+                            && !self.tasks.set_progress(task.id, progress).await?
+                        {
+                            // Canceled (or taken over) since the last heartbeat: stop between steps.
+                            sink.cancel.store(true, Ordering::Relaxed);
                         }
                     }
                 }

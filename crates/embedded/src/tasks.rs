@@ -128,7 +128,7 @@ impl TaskStore for SqliteTaskStore {
         Ok(changed > 0)
     }
 
-    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<(), StoreError> {
+    async fn set_progress(&self, id: TaskId, progress: Progress) -> Result<bool, StoreError> {
         let mut conn = self.db.lock();
         let tx =
             conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err("recording progress"))?;
@@ -138,8 +138,9 @@ impl TaskStore for SqliteTaskStore {
             task.progress = Some(progress);
             write(&tx, &task, lease)?;
             tx.commit().map_err(sql_err("recording progress"))?;
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     async fn complete(
@@ -169,6 +170,19 @@ impl TaskStore for SqliteTaskStore {
             .map_err(sql_err("charging a task"))?;
         }
         tx.commit().map_err(sql_err("completing a task"))?;
+        Ok(Some(task))
+    }
+
+    async fn cancel(&self, id: TaskId, now: OffsetDateTime) -> Result<Option<Task>, StoreError> {
+        let mut conn = self.db.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sql_err("canceling a task"))?;
+        let Some((mut task, _)) = read(&tx, id)? else { return Ok(None) };
+        if task.status.is_terminal() {
+            return Ok(Some(task));
+        }
+        Completion::Canceled.apply(&mut task, now);
+        write(&tx, &task, None)?;
+        tx.commit().map_err(sql_err("canceling a task"))?;
         Ok(Some(task))
     }
 
