@@ -37,8 +37,24 @@ def main() -> None:
     result = client.images.generate(model="dall-e-3", prompt="a lighthouse", size="512x512", quality="hd",
                                     style="natural", response_format="b64_json")
     assert len(result.data) == 1 and result.data[0].url is None, result
-    assert png_size(base64.b64decode(result.data[0].b64_json)) == (512, 512)
+    picture = base64.b64decode(result.data[0].b64_json)
+    assert png_size(picture) == (512, 512)
     print("images.generate b64_json: ok", flush=True)
+
+    # images.edit: the SDK's multipart upload of a file, both response formats.
+    edited = client.images.edit(image=("in.png", picture, "image/png"), prompt="the same at night", n=2,
+                                size="256x256", response_format="b64_json")
+    assert len(edited.data) == 2, edited
+    assert all(png_size(base64.b64decode(d.b64_json)) == (256, 256) for d in edited.data)
+    edited = client.images.edit(image=("in.png", picture, "image/png"), prompt="the same at night", size="256x256")
+    with urllib.request.urlopen(edited.data[0].url) as response:
+        assert png_size(response.read()) == (256, 256)
+    try:
+        client.images.edit(image=("in.png", picture, "image/png"), mask=("m.png", picture, "image/png"), prompt="x")
+        raise AssertionError("a mask was accepted")
+    except openai.BadRequestError as e:
+        assert e.param == "mask", e
+    print("images.edit: ok", flush=True)
 
     # Errors arrive as the SDK's exception classes, with OpenAI's codes.
     try:

@@ -53,7 +53,7 @@ async fn a_body_over_one_mebibyte_gets_a_413() {
     let h = Harness::start_without_worker().await;
     let body = json!({"text_data": "x".repeat(1024 * 1024)}).to_string().into_bytes();
     let (status, resp) = raw_submit(&h, Some(&format!("Token {}", h.key)), body).await;
-    assert_hive_error(status, &resp, 413, "larger than");
+    assert_hive_error(status, &resp, 413, "too large");
     assert_eq!(h.queue_depth(), (0, 0));
 }
 

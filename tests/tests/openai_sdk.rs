@@ -1,6 +1,6 @@
 //! The official `openai` Python package (pinned in infra/test-tools.txt), unchanged, against the
-//! local server: `client.images.generate` in both response formats, its error classes, and
-//! `client.models.list` (tests/openai_sdk/check.py).
+//! local server: `client.images.generate` in both response formats, `client.images.edit` (a
+//! multipart upload), its error classes, and `client.models.list` (tests/openai_sdk/check.py).
 #![allow(clippy::unwrap_used)]
 
 use easel_testkit::workspace_root;
@@ -23,5 +23,5 @@ async fn the_official_openai_python_sdk_generates_images_and_reads_errors_unchan
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
     assert!(output.status.success(), "the SDK check failed:\n{stdout}\n{stderr}");
-    assert_eq!(stdout.lines().filter(|l| l.ends_with(": ok")).count(), 4, "{stdout}");
+    assert_eq!(stdout.lines().filter(|l| l.ends_with(": ok")).count(), 5, "{stdout}");
 }

@@ -223,3 +223,53 @@ async fn an_idempotency_key_returns_the_same_task_for_the_same_body_and_409_for_
     assert_eq!(code, 202);
     assert_ne!(other["error"]["task_id"], first["error"]["task_id"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_in_the_json_body_makes_an_edit_of_that_image() {
+    let h = Harness::start().await;
+    let auth = [("authorization", format!("Bearer {}", h.key))];
+    let generate = |prompt: &str, seed: u64| json!({"prompt": prompt, "size": "256x256", "seed": seed, "response_format": "b64_json"});
+    let (_, _, a) = h.post(OPENAI, &auth, &generate("a red square", 1)).await;
+    let (_, _, b) = h.post(OPENAI, &auth, &generate("a blue circle", 2)).await;
+    let (a, b) =
+        (a["data"][0]["b64_json"].as_str().unwrap().to_owned(), b["data"][0]["b64_json"].as_str().unwrap().to_owned());
+    let edit = |image: Value| {
+        json!({"prompt": "at night", "size": "256x256", "seed": 7, "strength": 0.5,
+        "response_format": "b64_json", "image": image})
+    };
+    let mut outputs = vec![];
+    for image in [json!(a.clone()), json!(format!("data:image/png;base64,{b}")), json!([a.clone()])] {
+        let (code, headers, answer) = h.post(OPENAI, &auth, &edit(image)).await;
+        assert_eq!(code, 200, "{answer}");
+        let (w, hgt, rgb) = decode_png(&b64(answer["data"][0]["b64_json"].as_str().unwrap()));
+        assert_eq!((w, hgt), (256, 256));
+        outputs.push(rgb);
+        let (_, task) = h.get_json(&format!("/v1/tasks/{}", headers["x-easel-task-id"].to_str().unwrap())).await;
+        assert_eq!(task["status"], "succeeded", "{task}");
+    }
+    assert_ne!(outputs[0], outputs[1], "the edit depends on its input image");
+    assert_eq!(outputs[0], outputs[2], "one image in an array is the same as the image");
+    let (_, _, plain) = h
+        .post(
+            OPENAI,
+            &auth,
+            &json!({"prompt": "at night", "size": "256x256", "seed": 7, "response_format": "b64_json"}),
+        )
+        .await;
+    assert_ne!(
+        decode_png(&b64(plain["data"][0]["b64_json"].as_str().unwrap())).2,
+        outputs[0],
+        "an edit is not a generation"
+    );
+
+    for (image, expect) in [
+        (json!("https://example.com/cat.png"), "not fetched"),
+        (json!("bm90IGFuIGltYWdl"), "PNG, JPEG or WebP"),
+        (json!("%%%"), "base64"),
+        (json!([a.clone(), b.clone()]), "one image"),
+    ] {
+        let (code, _, e) = h.post(OPENAI, &auth, &edit(image)).await;
+        assert_eq!((code, e["error"]["param"].as_str()), (400, Some("image")), "{e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(expect), "{e}");
+    }
+}

@@ -8,6 +8,8 @@ use serde_json::{Map, Value};
 
 /// Largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest body of the routes that take an input image (AWS Lambda's own limit is 6 MB).
+pub const MAX_IMAGE_BODY_BYTES: usize = 6 * 1024 * 1024;
 
 /// A request the caller must fix. `field` is the JSON path (e.g. `options.num_images`), if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +35,9 @@ pub fn json_object(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Va
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             InputError::body(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                format!(
+                    "request body is too large: at most {MAX_BODY_BYTES} bytes, {MAX_IMAGE_BODY_BYTES} on the image routes"
+                ),
             )
         } else {
             InputError::body(StatusCode::BAD_REQUEST, format!("request body could not be read: {rejection}"))

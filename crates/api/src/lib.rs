@@ -32,7 +32,7 @@ use time::OffsetDateTime;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::AuthFailure;
-use crate::body::{InputError, MAX_BODY_BYTES};
+use crate::body::{InputError, MAX_BODY_BYTES, MAX_IMAGE_BODY_BYTES};
 pub use crate::models::ModelCatalog;
 
 /// How the API behaves, as configured by the binary that runs it.
@@ -198,8 +198,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/task/async", post(hive::submit))
         .route("/api/v2/task/{id}", get(hive::status))
         .route("/api/generate/basic/textToImage", post(stability::text_to_image))
-        .route("/v1/images/generations", post(openai::generations))
-        .route("/api/images/generations", post(openai::generations))
+        .route("/v1/images/generations", post(openai::generations).layer(DefaultBodyLimit::max(MAX_IMAGE_BODY_BYTES)))
+        .route("/api/images/generations", post(openai::generations).layer(DefaultBodyLimit::max(MAX_IMAGE_BODY_BYTES)))
+        .route("/v1/images/edits", post(openai::edits).layer(DefaultBodyLimit::max(MAX_IMAGE_BODY_BYTES)))
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/tasks/{id}", get(tasks::get_task).delete(tasks::cancel_task))

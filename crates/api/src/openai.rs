@@ -11,12 +11,16 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use easel_core::request::{Dialect, GenerationRequest, Quality, resolve_seeds};
+use easel_core::generator::{GeneratedImage, InitImage};
+use easel_core::keys::ApiKey;
+use easel_core::png::{decode_image, encode_png};
+use easel_core::request::{Dialect, GenerationRequest, InitImageRef, Quality, resolve_seeds};
 use easel_core::task::{Task, TaskStatus};
 use serde_json::{Map, Value, json};
 
@@ -27,11 +31,17 @@ use crate::sync::{SyncOutcome, image_bytes, pending_message, pending_response, s
 use crate::{AppState, ServiceError, new_task};
 
 pub const ROUTE: &str = "/v1/images/generations";
+pub const EDITS_ROUTE: &str = "/v1/images/edits";
+/// img2img `strength` when the caller gives none (an easel extension; OpenAI has none).
+pub const DEFAULT_STRENGTH: f64 = 0.75;
 pub const MAX_IMAGES: u64 = 10;
 /// gpt-image-1's limit; DALL·E's are lower, but the prompt is cut at 77 CLIP tokens anyway.
 pub const MAX_PROMPT_CHARS: usize = 32_000;
 
-const KNOWN_FIELDS: [&str; 14] = [
+const KNOWN_FIELDS: [&str; 17] = [
+    "image",
+    "strength",
+    "mask",
     "prompt",
     "model",
     "n",
@@ -134,6 +144,8 @@ pub enum ResponseFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagesRequest {
     pub request: GenerationRequest,
+    /// The input image (edits), decoded and checked, with its `strength`.
+    pub image: Option<(InitImage, f32)>,
     pub response_format: ResponseFormat,
     pub callback_url: Option<String>,
     pub user: Option<String>,
@@ -195,7 +207,16 @@ pub fn parse(body: &Map<String, Value>, catalog: &ModelCatalog) -> Result<Images
     let seed = root.opt_int("seed", 0, (1 << 53) - 1)?;
     let negative_prompt = root.opt_string("negative_prompt", MAX_PROMPT_CHARS)?.filter(|s| !s.trim().is_empty());
     let callback_url = root.opt_http_url("callback_url")?;
+    if body.get("mask").is_some_and(|m| !m.is_null()) {
+        return Err(OpenaiError::invalid(
+            Some("mask".into()),
+            "mask is not supported: easel edits the whole image (img2img); leave mask out",
+        ));
+    }
+    let strength = root.opt_number("strength", 0.01, 1.0)?.unwrap_or(DEFAULT_STRENGTH) as f32;
+    let image = input_image(body.get("image"))?.map(|image| (image, strength));
     Ok(ImagesRequest {
+        image,
         request: GenerationRequest {
             negative_prompt,
             style_preset,
@@ -209,6 +230,119 @@ pub fn parse(body: &Map<String, Value>, catalog: &ModelCatalog) -> Result<Images
     })
 }
 
+/// The `image` field: one base64 string (optionally a `data:` URL), or an array of one. Image
+/// URLs are refused until the SSRF guard for fetching them exists.
+fn input_image(value: Option<&Value>) -> Result<Option<InitImage>, OpenaiError> {
+    let param = || Some("image".to_owned());
+    let text = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s.as_str(),
+        Some(Value::Array(items)) if items.len() == 1 && items[0].is_string() => items[0].as_str().unwrap_or_default(),
+        Some(Value::Array(_)) => {
+            return Err(OpenaiError::invalid(param(), "image must be one image: easel edits a single input image"));
+        }
+        Some(_) => return Err(OpenaiError::invalid(param(), "image must be a base64-encoded PNG, JPEG or WebP file")),
+    };
+    let text = text.trim();
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return Err(OpenaiError::invalid(
+            param(),
+            "image URLs are not fetched by this server yet: send the image itself, base64-encoded or as a file upload",
+        ));
+    }
+    let encoded = match text.split_once(";base64,") {
+        Some((prefix, data)) if prefix.starts_with("data:") => data,
+        _ => text,
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded.as_bytes())
+        .map_err(|e| OpenaiError::invalid(param(), format!("image is not valid base64: {e}")))?;
+    decode_image(&bytes).map(Some).map_err(|e| OpenaiError::invalid(param(), e.to_string()))
+}
+
+/// Stores the input image of `task` (as PNG) and points its request at it.
+async fn attach_image(state: &AppState, task: &mut Task, image: InitImage, strength: f32) -> Result<(), OpenaiError> {
+    let key = InitImageRef::key_for(task.id);
+    let png = encode_png(&GeneratedImage { width: image.width, height: image.height, seed: 0, rgb: image.rgb })
+        .map_err(|e| OpenaiError::invalid(Some("image".into()), format!("the image could not be stored: {e}")))?;
+    state.images.put_png(&key, png).await.map_err(ServiceError::Store)?;
+    task.request.init_image = Some(InitImageRef { key, strength });
+    Ok(())
+}
+
+/// Submits a parsed request, waits, and answers in OpenAI's shape.
+async fn run(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &ApiKey,
+    route: &str,
+    body: &Map<String, Value>,
+    parsed: ImagesRequest,
+) -> Result<Response, OpenaiError> {
+    let mut task = new_task(key, Dialect::Openai, route, body, headers, parsed.request, parsed.callback_url)?;
+    task.end_user = parsed.user;
+    if let Some((image, strength)) = parsed.image {
+        attach_image(state, &mut task, image, strength).await?;
+    }
+    match submit_and_wait(state, headers, task).await? {
+        SyncOutcome::Pending(task) => {
+            let body = json!({"error": {"message": pending_message(task.id), "type": "task_pending", "param": null,
+                "code": "task_pending", "task_id": task.id.to_string()}});
+            Ok(pending_response(headers, task.id, body))
+        }
+        SyncOutcome::Finished(task) => {
+            finished(state, &task, parsed.response_format).await.map(|r| with_task_id(r, task.id))
+        }
+    }
+}
+
+/// `POST /v1/images/edits`: OpenAI's multipart form (`image` file, `prompt`, `n`, `size`,
+/// `response_format`, …) → img2img. The text fields are read as the JSON fields of a generation.
+pub async fn edits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<Response, OpenaiError> {
+    let key = require_key(&state, &headers, Scheme::Bearer).await?;
+    let mut multipart = multipart.map_err(|e| {
+        OpenaiError::invalid(None, format!("the body must be multipart/form-data, as OpenAI's image edits take: {e}"))
+    })?;
+    let mut body = Map::new();
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        let mut error = OpenaiError::invalid(None, format!("the multipart body could not be read: {}", e.body_text()));
+        error.status = e.status();
+        error
+    };
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().trim_end_matches("[]").to_owned();
+        if name == "image" || name == "mask" {
+            let bytes = field.bytes().await.map_err(bad)?;
+            let encoded = Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes));
+            match body.get_mut(&name) {
+                Some(Value::Array(items)) => items.push(encoded),
+                _ => {
+                    body.insert(name, Value::Array(vec![encoded]));
+                }
+            }
+        } else {
+            let text = field.text().await.map_err(bad)?;
+            // Form fields are text; numbers are sent as their digits.
+            let value = match name.as_str() {
+                "n" | "seed" | "strength" => {
+                    serde_json::from_str::<serde_json::Number>(text.trim()).map_or(Value::String(text), Value::Number)
+                }
+                _ => Value::String(text),
+            };
+            body.insert(name, value);
+        }
+    }
+    if !body.contains_key("image") {
+        return Err(OpenaiError::invalid(Some("image".into()), "image is required: the picture to edit, as a file"));
+    }
+    let parsed = parse(&body, &state.models)?;
+    run(&state, &headers, &key, EDITS_ROUTE, &body, parsed).await
+}
+
 pub async fn generations(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -217,18 +351,7 @@ pub async fn generations(
     let key = require_key(&state, &headers, Scheme::Bearer).await?;
     let body = json_object(body)?;
     let parsed = parse(&body, &state.models)?;
-    let mut task = new_task(&key, Dialect::Openai, ROUTE, &body, &headers, parsed.request, parsed.callback_url)?;
-    task.end_user = parsed.user;
-    match submit_and_wait(&state, &headers, task).await? {
-        SyncOutcome::Pending(task) => {
-            let body = json!({"error": {"message": pending_message(task.id), "type": "task_pending", "param": null,
-                "code": "task_pending", "task_id": task.id.to_string()}});
-            Ok(pending_response(&headers, task.id, body))
-        }
-        SyncOutcome::Finished(task) => {
-            finished(&state, &task, parsed.response_format).await.map(|r| with_task_id(r, task.id))
-        }
-    }
+    run(&state, &headers, &key, ROUTE, &body, parsed).await
 }
 
 async fn finished(state: &AppState, task: &Task, format: ResponseFormat) -> Result<Response, OpenaiError> {

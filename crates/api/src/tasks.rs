@@ -122,6 +122,7 @@ pub fn task_json(view: &TaskView) -> Value {
             "style_preset": t.request.style_preset,
             "quality": t.request.quality,
             "model": t.request.model,
+            "init_image": t.request.init_image.as_ref().map(|i| json!({"strength": i.strength})),
         },
         "end_user": t.end_user,
         "run": t.run,

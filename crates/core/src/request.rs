@@ -40,6 +40,25 @@ pub struct GenerationRequest {
     /// recorded; the task's run record says which model actually ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// img2img: the caller's image, stored by the API before the task is queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_image: Option<InitImageRef>,
+}
+
+/// Where a task's input image is stored, and how much of it to replace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InitImageRef {
+    /// Object key in the image store, `inputs/{task_id}/init.png`.
+    pub key: String,
+    /// In (0, 1], as diffusers defines img2img's `strength`: 1 ignores the image's content.
+    pub strength: f32,
+}
+
+impl InitImageRef {
+    /// The image-store key of a task's input image.
+    pub fn key_for(task_id: crate::task::TaskId) -> String {
+        format!("inputs/{task_id}/init.png")
+    }
 }
 
 /// How much work to spend on an image when the caller gives no step count.
@@ -81,6 +100,7 @@ impl GenerationRequest {
             style_preset: None,
             quality: Quality::Standard,
             model: None,
+            init_image: None,
         }
     }
 

@@ -236,12 +236,15 @@ impl Worker {
         let descriptor = self.generator.descriptor().clone();
         let (prompt, negative_prompt) = match styled_prompts(&task.request) {
             Ok(prompts) => prompts,
-            Err(message) => {
-                let error = TaskError { code: "invalid_request".into(), message };
-                let completion = Completion::Failed { error, run: None, warnings: vec![] };
-                self.finish(task.id, completion, OffsetDateTime::now_utc()).await?;
-                return Ok(JobOutcome::Done);
-            }
+            Err(message) => return self.fail_invalid(task.id, message).await,
+        };
+        let (init_image, strength) = match &task.request.init_image {
+            None => (None, 1.0),
+            Some(input) => match self.images.get(&input.key).await?.map(|png| crate::png::decode_image(&png)) {
+                Some(Ok(image)) => (Some(image), input.strength),
+                Some(Err(e)) => return self.fail_invalid(task.id, format!("the input image is unreadable: {e}")).await,
+                None => return self.fail_invalid(task.id, "the input image is no longer stored".into()).await,
+            },
         };
         let spec = GenerationSpec {
             prompt,
@@ -256,8 +259,8 @@ impl Worker {
             seeds: task.request.seeds.clone(),
             sampler: task.request.sampler,
             karras: None,
-            init_image: None,
-            strength: 1.0,
+            init_image,
+            strength,
         };
         let run = RunRecord {
             model_id: descriptor.id.clone(),
@@ -301,6 +304,14 @@ impl Worker {
             }
         };
         self.finish(task.id, completion, OffsetDateTime::now_utc()).await?;
+        Ok(JobOutcome::Done)
+    }
+
+    /// Fails a claimed task that cannot run as asked, with a message for the caller.
+    async fn fail_invalid(&self, task_id: TaskId, message: String) -> Result<JobOutcome, StoreError> {
+        let error = TaskError { code: "invalid_request".into(), message };
+        let completion = Completion::Failed { error, run: None, warnings: vec![] };
+        self.finish(task_id, completion, OffsetDateTime::now_utc()).await?;
         Ok(JobOutcome::Done)
     }
 
