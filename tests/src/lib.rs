@@ -50,6 +50,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         public_url: None,
         url_ttl: Duration::from_secs(3600),
         sync_wait: Duration::from_secs(120),
+        rate_limit: None,
         max_receives: 3,
         worker: WorkerConfig {
             lease: Duration::from_secs(60),

@@ -273,3 +273,40 @@ async fn an_image_in_the_json_body_makes_an_edit_of_that_image() {
         assert!(e["error"]["message"].as_str().unwrap().contains(expect), "{e}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_limit_gets_429_with_retry_after_in_each_dialect_and_other_keys_do_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = easel_cli::local::ServeConfig {
+        rate_limit: Some(easel_api::RateLimit { per_minute: 2, burst: 2 }),
+        sync_wait: Duration::ZERO,
+        ..serve_config(tmp.path())
+    };
+    let h = Harness::start_with(config, false).await;
+    let body = json!({"prompt": "x", "width": 320, "height": 320, "size": "256x256"});
+    let bearer = [("authorization", format!("Bearer {}", h.key))];
+    for _ in 0..2 {
+        let (code, _, answer) = h.post(OPENAI, &bearer, &json!({"prompt": "x", "size": "256x256"})).await;
+        assert_eq!(code, 202, "{answer}");
+    }
+    let (code, headers, openai) = h.post(OPENAI, &bearer, &json!({"prompt": "x", "size": "256x256"})).await;
+    assert_eq!((code, openai["error"]["code"].as_str()), (429, Some("rate_limit_exceeded")), "{openai}");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry_after), "one token every 30 s: {retry_after}");
+    let (code, headers, basic) = h.post(BASIC, &[("authorization", h.key.clone())], &body).await;
+    assert_eq!((code, basic["code"].as_i64()), (429, Some(-1)), "{basic}");
+    assert!(headers.contains_key("retry-after"));
+    let (code, hive) = h.hive_submit(&json!({"text_data": "x"})).await;
+    assert_eq!((code, hive["return_code"].as_u64()), (429, Some(429)), "{hive}");
+    // Reads are not limited, and another key has its own bucket.
+    assert_eq!(h.get_json("/v1/usage").await.0, 200);
+    let other = easel_core::keys::create_key(h.server().backend().keys.as_ref(), "other").await.unwrap();
+    let (code, _, answer) = h
+        .post(
+            OPENAI,
+            &[("authorization", format!("Bearer {}", other.secret))],
+            &json!({"prompt": "x", "size": "256x256"}),
+        )
+        .await;
+    assert_eq!(code, 202, "{answer}");
+}

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
-use crate::{AppState, ServiceError, TaskView, load_task_view, new_task};
+use crate::{AppState, ServiceError, TaskView, load_task_view, new_task, with_retry_after};
 
 pub const ROUTE: &str = "/api/v2/task/async";
 pub const MAX_IMAGES: u64 = 6;
@@ -31,17 +31,19 @@ pub const MAX_PROMPT_CHARS: usize = 4000;
 pub struct HiveError {
     status: StatusCode,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl HiveError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        HiveError { status, message: message.into() }
+        HiveError { status, message: message.into(), retry_after: None }
     }
 }
 
 impl IntoResponse for HiveError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"return_code": self.status.as_u16(), "message": self.message}))).into_response()
+        let body = Json(json!({"return_code": self.status.as_u16(), "message": self.message}));
+        with_retry_after((self.status, body).into_response(), self.retry_after)
     }
 }
 
@@ -62,7 +64,7 @@ impl From<AuthFailure> for HiveError {
 
 impl From<ServiceError> for HiveError {
     fn from(e: ServiceError) -> Self {
-        HiveError::new(e.status(), e.public_message())
+        HiveError { retry_after: e.retry_after(), ..HiveError::new(e.status(), e.public_message()) }
     }
 }
 
@@ -102,6 +104,7 @@ pub async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, HiveError> {
     let key = require_key(&state, &headers, Scheme::Token).await?;
+    state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse_submit(&body)?;
     let task = new_task(&key, Dialect::Hive, ROUTE, &body, &headers, parsed.request, parsed.callback_url)?;

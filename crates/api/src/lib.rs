@@ -44,7 +44,19 @@ pub struct ApiSettings {
     pub sync_wait: Duration,
     /// The models callers may name, with their sizes and aliases.
     pub models: ModelCatalog,
+    /// Per-key limit on submissions; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
 }
+
+/// A token bucket per API key over the submit endpoints: `per_minute` tokens a minute, at most
+/// `burst` saved up. Kept in the process's memory (on Lambda: per function instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_minute: u32,
+    pub burst: u32,
+}
+
+type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 /// What every handler needs: the ports and the settings.
 #[derive(Clone)]
@@ -56,6 +68,7 @@ pub struct AppState {
     pub url_ttl: Duration,
     pub sync_wait: Duration,
     pub models: Arc<ModelCatalog>,
+    limiter: Option<Arc<KeyedLimiter>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -85,7 +98,23 @@ impl AppState {
             url_ttl: settings.url_ttl,
             sync_wait: settings.sync_wait,
             models: Arc::new(settings.models),
+            limiter: settings.rate_limit.and_then(|limit| {
+                let per_minute = std::num::NonZeroU32::new(limit.per_minute)?;
+                let burst = std::num::NonZeroU32::new(limit.burst).unwrap_or(per_minute);
+                let quota = governor::Quota::per_minute(per_minute).allow_burst(burst);
+                Some(Arc::new(governor::RateLimiter::keyed(quota)))
+            }),
         }
+    }
+
+    /// Takes one token of `key`'s bucket, or says how long until one is there.
+    pub fn check_rate(&self, key: &ApiKey) -> Result<(), ServiceError> {
+        use governor::clock::Clock as _;
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        limiter.check_key(&key.id).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            ServiceError::RateLimited { retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0) }
+        })
     }
 
     async fn submit(&self, task: Task) -> Result<Submitted, ServiceError> {
@@ -107,6 +136,8 @@ pub enum ServiceError {
     Store(#[source] StoreError),
     #[error("the key store is unavailable")]
     Auth(#[source] AuthFailure),
+    #[error("too many requests for this API key; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl From<AuthFailure> for ServiceError {
@@ -121,6 +152,15 @@ impl ServiceError {
             ServiceError::TaskNotFound(_) => StatusCode::NOT_FOUND,
             ServiceError::IdempotencyKeyReused => StatusCode::CONFLICT,
             ServiceError::Store(_) | ServiceError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, when the caller should wait.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            ServiceError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 
@@ -143,6 +183,14 @@ pub fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, InputError
         return Err(err());
     }
     Ok(Some(s.to_owned()))
+}
+
+/// `response` with a `Retry-After` header of `secs`, when there is one.
+pub fn with_retry_after(mut response: axum::response::Response, secs: Option<u64>) -> axum::response::Response {
+    if let Some(secs) = secs {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+    }
+    response
 }
 
 /// A new queued task for `key`, with the request's `Idempotency-Key` and a fingerprint of its body

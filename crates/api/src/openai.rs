@@ -28,7 +28,7 @@ use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
 use crate::models::{ModelCatalog, ModelEntry, Size};
 use crate::sync::{SyncOutcome, image_bytes, pending_message, pending_response, submit_and_wait, with_task_id};
-use crate::{AppState, ServiceError, new_task};
+use crate::{AppState, ServiceError, new_task, with_retry_after};
 
 pub const ROUTE: &str = "/v1/images/generations";
 pub const EDITS_ROUTE: &str = "/v1/images/edits";
@@ -66,6 +66,7 @@ pub struct OpenaiError {
     kind: &'static str,
     param: Option<String>,
     code: Option<&'static str>,
+    retry_after: Option<u64>,
 }
 
 impl OpenaiError {
@@ -76,6 +77,7 @@ impl OpenaiError {
             kind: "invalid_request_error",
             param,
             code: None,
+            retry_after: None,
         }
     }
 
@@ -98,7 +100,7 @@ impl IntoResponse for OpenaiError {
     fn into_response(self) -> Response {
         let body =
             json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}});
-        (self.status, Json(body)).into_response()
+        with_retry_after((self.status, Json(body)).into_response(), self.retry_after)
     }
 }
 
@@ -129,8 +131,10 @@ impl From<ServiceError> for OpenaiError {
             ServiceError::TaskNotFound(_) => ("invalid_request_error", "not_found"),
             ServiceError::IdempotencyKeyReused => ("invalid_request_error", "idempotency_key_reused"),
             ServiceError::Store(_) | ServiceError::Auth(_) => ("server_error", "service_unavailable"),
+            ServiceError::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
         };
-        OpenaiError { status, message: e.public_message(), kind, param: None, code: Some(code) }
+        let retry_after = e.retry_after();
+        OpenaiError { status, message: e.public_message(), kind, param: None, code: Some(code), retry_after }
     }
 }
 
@@ -304,6 +308,7 @@ pub async fn edits(
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, OpenaiError> {
     let key = require_key(&state, &headers, Scheme::Bearer).await?;
+    state.check_rate(&key)?;
     let mut multipart = multipart.map_err(|e| {
         OpenaiError::invalid(None, format!("the body must be multipart/form-data, as OpenAI's image edits take: {e}"))
     })?;
@@ -349,6 +354,7 @@ pub async fn generations(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenaiError> {
     let key = require_key(&state, &headers, Scheme::Bearer).await?;
+    state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse(&body, &state.models)?;
     run(&state, &headers, &key, ROUTE, &body, parsed).await

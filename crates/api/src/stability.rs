@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
 use crate::sync::{SyncOutcome, image_bytes, pending_message, pending_response, submit_and_wait, with_task_id};
-use crate::{AppState, ServiceError, new_task};
+use crate::{AppState, ServiceError, new_task, with_retry_after};
 
 pub const ROUTE: &str = "/api/generate/basic/textToImage";
 pub const MIN_SIDE: u64 = 320;
@@ -55,17 +55,19 @@ pub const CLIP_GUIDANCE_PRESETS: [&str; 7] = ["FAST_BLUE", "FAST_GREEN", "NONE",
 pub struct BasicError {
     status: StatusCode,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl BasicError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        BasicError { status, message: message.into() }
+        BasicError { status, message: message.into(), retry_after: None }
     }
 }
 
 impl IntoResponse for BasicError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"code": -1, "message": self.message, "data": null}))).into_response()
+        let body = Json(json!({"code": -1, "message": self.message, "data": null}));
+        with_retry_after((self.status, body).into_response(), self.retry_after)
     }
 }
 
@@ -86,7 +88,7 @@ impl From<AuthFailure> for BasicError {
 
 impl From<ServiceError> for BasicError {
     fn from(e: ServiceError) -> Self {
-        BasicError::new(e.status(), e.public_message())
+        BasicError { retry_after: e.retry_after(), ..BasicError::new(e.status(), e.public_message()) }
     }
 }
 
@@ -148,6 +150,7 @@ pub async fn text_to_image(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, BasicError> {
     let key = require_key(&state, &headers, Scheme::Basic).await?;
+    state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse(&body)?;
     let mut task = new_task(&key, Dialect::Stability, ROUTE, &body, &headers, parsed.request, parsed.callback_url)?;

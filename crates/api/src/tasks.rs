@@ -52,6 +52,7 @@ impl From<ServiceError> for NeutralError {
             ServiceError::TaskNotFound(_) => "not_found",
             ServiceError::IdempotencyKeyReused => "idempotency_key_reused",
             ServiceError::Store(_) | ServiceError::Auth(_) => "unavailable",
+            ServiceError::RateLimited { .. } => "rate_limited",
         };
         NeutralError { status: e.status(), code, message: e.public_message() }
     }

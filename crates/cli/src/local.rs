@@ -11,7 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use easel_api::models::ModelCatalog;
-use easel_api::{ApiSettings, AppState};
+use easel_api::{ApiSettings, AppState, RateLimit};
 use easel_callbacks::HttpCallbackSender;
 use easel_core::generator::Generator;
 use easel_core::keys::create_key;
@@ -33,6 +33,8 @@ pub struct ServeConfig {
     pub url_ttl: Duration,
     /// How long the synchronous dialects wait for their task before answering 202.
     pub sync_wait: Duration,
+    /// Per-key limit on submissions; `None` = unlimited.
+    pub rate_limit: Option<RateLimit>,
     pub max_receives: u32,
     pub worker: WorkerConfig,
     /// Where the development key is written on first start (mode 0600); `None` creates no key.
@@ -113,7 +115,8 @@ impl LocalServer {
             Some(generator) => ModelCatalog::for_descriptor(generator.descriptor()),
             None => ModelCatalog::unloaded(),
         };
-        let settings = ApiSettings { url_ttl: config.url_ttl, sync_wait: config.sync_wait, models };
+        let settings =
+            ApiSettings { url_ttl: config.url_ttl, sync_wait: config.sync_wait, models, rate_limit: config.rate_limit };
         let state = AppState::new(
             backend.tasks.clone(),
             backend.jobs.clone(),

@@ -86,6 +86,13 @@ struct ServeArgs {
     /// answering 202 with the task's URL, in seconds.
     #[arg(long, env = "EASEL_SYNC_WAIT_SECONDS", default_value_t = 300)]
     sync_wait_seconds: u64,
+    /// Submissions each API key may make per minute (a token bucket); 0 = unlimited.
+    #[arg(long, env = "EASEL_RATE_LIMIT_PER_MINUTE", default_value_t = 0)]
+    rate_limit_per_minute: u32,
+    /// How many submissions a key may make at once before the per-minute rate applies
+    /// [default: the per-minute rate].
+    #[arg(long, env = "EASEL_RATE_LIMIT_BURST")]
+    rate_limit_burst: Option<u32>,
     /// Receives of one job before it goes to the dead-letter queue.
     #[arg(long, env = "EASEL_MAX_RECEIVES", default_value_t = 3)]
     max_receives: u32,
@@ -211,6 +218,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         public_url: args.public_url,
         url_ttl: Duration::from_secs(args.url_ttl_seconds),
         sync_wait: Duration::from_secs(args.sync_wait_seconds),
+        rate_limit: (args.rate_limit_per_minute > 0).then(|| easel_api::RateLimit {
+            per_minute: args.rate_limit_per_minute,
+            burst: args.rate_limit_burst.unwrap_or(args.rate_limit_per_minute),
+        }),
         max_receives: args.max_receives,
         worker: WorkerConfig::default(),
         dev_key_file: Some(args.dev_key_file),

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use easel_api::models::{DEFAULT_ALIASES, ModelCatalog};
-use easel_api::{ApiSettings, AppState};
+use easel_api::{ApiSettings, AppState, RateLimit};
 use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,9 @@ pub struct Config {
     /// `EASEL_MODEL_SIZES` (default `256x256,512x512,1024x1024`), `EASEL_MODEL_ALIASES` (default
     /// `dall-e-2,dall-e-3,gpt-image-1`).
     pub models: ModelCatalog,
+    /// Per-key submissions a minute (`EASEL_RATE_LIMIT_PER_MINUTE`, default 0 = unlimited) and
+    /// burst (`EASEL_RATE_LIMIT_BURST`, default the per-minute rate), per function instance.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl Config {
@@ -41,13 +44,22 @@ impl Config {
             env.problem(format!("EASEL_MODEL_ID / EASEL_MODEL_SIZES / EASEL_MODEL_ALIASES: {problem}"));
             ModelCatalog::unloaded()
         });
-        env.finish(Config { aws, url_ttl: Duration::from_secs(ttl), sync_wait: Duration::from_secs(sync_wait), models })
+        let per_minute: u32 = env.parsed(lookup, "EASEL_RATE_LIMIT_PER_MINUTE", 0, "a whole number");
+        let burst: u32 = env.parsed(lookup, "EASEL_RATE_LIMIT_BURST", per_minute, "a whole number");
+        let rate_limit = (per_minute > 0).then_some(RateLimit { per_minute, burst });
+        let (url_ttl, sync_wait) = (Duration::from_secs(ttl), Duration::from_secs(sync_wait));
+        env.finish(Config { aws, url_ttl, sync_wait, models, rate_limit })
     }
 }
 
 /// The API router over clients built from `sdk`.
 pub fn app(config: &Config, sdk: &SdkConfig) -> axum::Router {
     let backend = AwsBackend::new(sdk, &config.aws);
-    let settings = ApiSettings { url_ttl: config.url_ttl, sync_wait: config.sync_wait, models: config.models.clone() };
+    let settings = ApiSettings {
+        url_ttl: config.url_ttl,
+        sync_wait: config.sync_wait,
+        models: config.models.clone(),
+        rate_limit: config.rate_limit,
+    };
     easel_api::router(AppState::new(backend.tasks, backend.jobs, backend.images, backend.keys, settings))
 }
