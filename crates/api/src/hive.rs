@@ -98,6 +98,23 @@ pub fn parse_submit(body: &serde_json::Map<String, Value>) -> Result<HiveSubmit,
     })
 }
 
+/// Submits a task; the answer is the task object, `QUEUED`. The result comes by callback and at
+/// `GET /api/v2/task/{id}`.
+#[utoipa::path(
+    post, path = "/api/v2/task/async", tag = "hive", operation_id = "hive_submit",
+    security(("hive_token" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$")),
+    request_body = crate::openapi::HiveTaskRequest,
+    responses(
+        (status = 200, description = "The task, queued.", body = crate::openapi::HiveTask),
+        (status = 400, description = "A field is wrong; the message names it.", body = crate::openapi::HiveError),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::HiveError),
+        (status = 409, description = "The Idempotency-Key was used with another body.", body = crate::openapi::HiveError),
+        (status = 413, description = "The body is too large.", body = crate::openapi::HiveError),
+        (status = 429, description = "The key's rate limit.", body = crate::openapi::HiveError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::HiveError),
+    )
+)]
 pub async fn submit(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -113,6 +130,18 @@ pub async fn submit(
     Ok((StatusCode::OK, Json(task_object(&view))).into_response())
 }
 
+/// The task object, with fresh image URLs once it succeeded.
+#[utoipa::path(
+    get, path = "/api/v2/task/{id}", tag = "hive", operation_id = "hive_status",
+    security(("hive_token" = [])),
+    params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "The task.", body = crate::openapi::HiveTask),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::HiveError),
+        (status = 404, description = "No such task for this key.", body = crate::openapi::HiveError),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::HiveError),
+    )
+)]
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,

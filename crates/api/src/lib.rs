@@ -7,6 +7,7 @@ pub mod body;
 pub mod hive;
 pub mod models;
 pub mod openai;
+pub mod openapi;
 pub mod stability;
 pub mod sync;
 pub mod tasks;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub sync_wait: Duration,
     pub models: Arc<ModelCatalog>,
     limiter: Option<Arc<KeyedLimiter>>,
+    /// The OpenAPI document, built once with this server's models.
+    openapi: Arc<serde_json::Value>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -90,7 +93,9 @@ impl AppState {
         settings: ApiSettings,
     ) -> Self {
         let submitter = Submitter::new(Arc::clone(&tasks), jobs);
+        let openapi = Arc::new(openapi::document(&settings.models));
         AppState {
+            openapi,
             tasks,
             images,
             keys,
@@ -231,8 +236,22 @@ pub fn callback_body(view: &TaskView) -> serde_json::Value {
     }
 }
 
+/// Answers while the process serves requests.
+#[utoipa::path(
+    get, path = "/healthz", tag = "service", operation_id = "healthz",
+    responses((status = 200, description = "Serving.", body = openapi::Health))
+)]
 async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// This document (OpenAPI 3.1), with this server's models, sizes, samplers and presets.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "service", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI document.", content_type = "application/json", body = Object))
+)]
+async fn openapi_json(axum::extract::State(state): axum::extract::State<AppState>) -> impl IntoResponse {
+    Json(state.openapi.as_ref().clone())
 }
 
 async fn not_found() -> impl IntoResponse {
@@ -243,6 +262,7 @@ async fn not_found() -> impl IntoResponse {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi_json))
         .route("/api/v2/task/async", post(hive::submit))
         .route("/api/v2/task/{id}", get(hive::status))
         .route("/api/generate/basic/textToImage", post(stability::text_to_image))

@@ -302,6 +302,27 @@ async fn run(
 
 /// `POST /v1/images/edits`: OpenAI's multipart form (`image` file, `prompt`, `n`, `size`,
 /// `response_format`, …) → img2img. The text fields are read as the JSON fields of a generation.
+#[utoipa::path(
+    post, path = "/v1/images/edits", tag = "openai", operation_id = "create_image_edit",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$"),
+        ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once instead of waiting."),
+    ),
+    request_body(content = crate::openapi::OpenaiEditForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "The images.", body = crate::openapi::ImagesResponse, headers(("X-Easel-Task-Id" = String, description = "The task behind the answer"))),
+        (status = 202, description = "Still running after the wait: `code: task_pending`, with its `task_id`.", body = crate::openapi::OpenaiError, headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String))),
+        (status = 400, description = "A field is wrong (the error names it), or moderation refused the image.", body = crate::openapi::OpenaiError),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::OpenaiError),
+        (status = 404, description = "Unknown model.", body = crate::openapi::OpenaiError),
+        (status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.", body = crate::openapi::OpenaiError),
+        (status = 413, description = "The body is too large.", body = crate::openapi::OpenaiError),
+        (status = 429, description = "The key's rate limit.", body = crate::openapi::OpenaiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "The generation failed; nothing was charged.", body = crate::openapi::OpenaiError),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::OpenaiError),
+    )
+)]
 pub async fn edits(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -348,6 +369,28 @@ pub async fn edits(
     run(&state, &headers, &key, EDITS_ROUTE, &body, parsed).await
 }
 
+/// Creates images from a prompt (or edits `image`), waiting up to `EASEL_SYNC_WAIT_SECONDS`.
+#[utoipa::path(
+    post, path = "/v1/images/generations", tag = "openai", operation_id = "create_image",
+    security(("bearer" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$"),
+        ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once instead of waiting."),
+    ),
+    request_body = crate::openapi::OpenaiImagesRequest,
+    responses(
+        (status = 200, description = "The images.", body = crate::openapi::ImagesResponse, headers(("X-Easel-Task-Id" = String, description = "The task behind the answer"))),
+        (status = 202, description = "Still running after the wait: `code: task_pending`, with its `task_id`.", body = crate::openapi::OpenaiError, headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String))),
+        (status = 400, description = "A field is wrong (the error names it), or moderation refused the image.", body = crate::openapi::OpenaiError),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::OpenaiError),
+        (status = 404, description = "Unknown model.", body = crate::openapi::OpenaiError),
+        (status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.", body = crate::openapi::OpenaiError),
+        (status = 413, description = "The body is too large.", body = crate::openapi::OpenaiError),
+        (status = 429, description = "The key's rate limit.", body = crate::openapi::OpenaiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "The generation failed; nothing was charged.", body = crate::openapi::OpenaiError),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::OpenaiError),
+    )
+)]
 pub async fn generations(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -406,6 +449,15 @@ fn model_object(id: &str) -> Value {
 }
 
 /// `GET /v1/models`: every installed model and alias, as OpenAI lists models.
+#[utoipa::path(
+    get, path = "/v1/models", tag = "openai", operation_id = "list_models",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The installed models and their aliases.", body = crate::openapi::ModelList),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::OpenaiError),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::OpenaiError),
+    )
+)]
 pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, OpenaiError> {
     require_key(&state, &headers, Scheme::Bearer).await?;
     let data: Vec<Value> = state
@@ -419,6 +471,17 @@ pub async fn list_models(State(state): State<AppState>, headers: HeaderMap) -> R
 }
 
 /// `GET /v1/models/{id}`.
+#[utoipa::path(
+    get, path = "/v1/models/{id}", tag = "openai", operation_id = "retrieve_model",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A model id or alias")),
+    responses(
+        (status = 200, description = "The model.", body = crate::openapi::ModelObject),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::OpenaiError),
+        (status = 404, description = "No such model: `model_not_found`.", body = crate::openapi::OpenaiError),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::OpenaiError),
+    )
+)]
 pub async fn get_model(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -144,6 +144,28 @@ pub fn parse(body: &Map<String, Value>) -> Result<BasicRequest, InputError> {
     })
 }
 
+/// Generates one image, waiting up to `EASEL_SYNC_WAIT_SECONDS`.
+#[utoipa::path(
+    post, path = "/api/generate/basic/textToImage", tag = "basic", operation_id = "basic_text_to_image",
+    security(("basic_key" = [])),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$"),
+        ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once instead of waiting."),
+    ),
+    request_body = crate::openapi::BasicRequest,
+    responses(
+        (status = 200, description = "The images.", body = crate::openapi::BasicResponse, headers(("X-Easel-Task-Id" = String, description = "The task behind the answer"))),
+        (status = 202, description = "Still running after the wait: `data.task_id` names it.", body = crate::openapi::BasicError, headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String))),
+        (status = 400, description = "A field is wrong (the error names it), or moderation refused the image.", body = crate::openapi::BasicError),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::BasicError),
+        (status = 404, description = "Unknown model.", body = crate::openapi::BasicError),
+        (status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.", body = crate::openapi::BasicError),
+        (status = 413, description = "The body is too large.", body = crate::openapi::BasicError),
+        (status = 429, description = "The key's rate limit.", body = crate::openapi::BasicError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 500, description = "The generation failed; nothing was charged.", body = crate::openapi::BasicError),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::BasicError),
+    )
+)]
 pub async fn text_to_image(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -58,6 +58,18 @@ impl From<ServiceError> for NeutralError {
     }
 }
 
+/// Any task of the calling key, whatever dialect created it, with fresh image URLs.
+#[utoipa::path(
+    get, path = "/v1/tasks/{id}", tag = "tasks", operation_id = "get_task",
+    security(("bearer" = []), ("hive_token" = []), ("basic_key" = [])),
+    params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "The task document.", body = crate::openapi::TaskDocument),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::NeutralErrorBody),
+        (status = 404, description = "No such task for this key.", body = crate::openapi::NeutralErrorBody),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::NeutralErrorBody),
+    )
+)]
 pub async fn get_task(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -71,6 +83,18 @@ pub async fn get_task(
 /// `DELETE /v1/tasks/{id}`: cancels a queued or running task (a running one stops between
 /// denoising steps, at its worker's next heartbeat). Answers the task document: `200` when it is
 /// canceled (now or before), `409` with the document when it had already finished otherwise.
+#[utoipa::path(
+    delete, path = "/v1/tasks/{id}", tag = "tasks", operation_id = "cancel_task",
+    security(("bearer" = []), ("hive_token" = []), ("basic_key" = [])),
+    params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 200, description = "The task, canceled (now or before). Nothing is charged.", body = crate::openapi::TaskDocument),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::NeutralErrorBody),
+        (status = 404, description = "No such task for this key.", body = crate::openapi::NeutralErrorBody),
+        (status = 409, description = "The task had already finished; its document is included.", body = crate::openapi::CancelConflict),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::NeutralErrorBody),
+    )
+)]
 pub async fn cancel_task(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -54,6 +54,21 @@ fn totals(days: &[DailyUsage]) -> (u64, u64, u64) {
     days.iter().fold((0, 0, 0), |(t, i, m), d| (t + d.tasks, i + d.images, m + d.millicredits))
 }
 
+/// The calling key's charges per UTC day and in total (failed, rejected and canceled tasks cost nothing).
+#[utoipa::path(
+    get, path = "/v1/usage", tag = "tasks", operation_id = "get_usage",
+    security(("bearer" = []), ("hive_token" = []), ("basic_key" = [])),
+    params(
+        ("from" = Option<String>, Query, format = Date, description = "First day, YYYY-MM-DD (default: the first of `to`'s month)"),
+        ("to" = Option<String>, Query, format = Date, description = "Last day, YYYY-MM-DD (default: today, UTC); at most 366 days after `from`"),
+    ),
+    responses(
+        (status = 200, description = "The usage.", body = crate::openapi::UsageDocument),
+        (status = 400, description = "A bad date or range; the message names the parameter.", body = crate::openapi::NeutralErrorBody),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::NeutralErrorBody),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::NeutralErrorBody),
+    )
+)]
 pub async fn get_usage(
     State(state): State<AppState>,
     headers: HeaderMap,

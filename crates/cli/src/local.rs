@@ -124,7 +124,7 @@ impl LocalServer {
             backend.keys.clone(),
             settings,
         );
-        let app = easel_api::router(state).merge(files_router(Arc::clone(&backend.images)));
+        let app = easel_api::router(state).merge(files_router(Arc::clone(&backend.images))).merge(docs_router());
         let (shutdown, rx) = watch::channel(false);
         let mut server_rx = rx.clone();
         let server = tokio::spawn(async move {
@@ -237,6 +237,12 @@ pub fn write_secret_file(file: &Path, secret: &str) -> std::io::Result<()> {
     #[cfg(unix)]
     std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     writeln!(f, "{secret}")
+}
+
+/// `GET /docs`: Swagger UI (bundled in the binary, nothing loaded from elsewhere) over `/openapi.json`.
+pub fn docs_router() -> Router {
+    use utoipa_swagger_ui::{Config, SwaggerUi};
+    SwaggerUi::new("/docs").config(Config::from("/openapi.json").try_it_out_enabled(true)).into()
 }
 
 #[derive(Debug, serde::Deserialize)]
