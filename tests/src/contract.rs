@@ -41,9 +41,11 @@ impl Ports {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let backend =
-            EmbeddedBackend::open(dir.path(), &EmbeddedOptions { public_base_url: base, max_receives: MAX_RECEIVES })
-                .unwrap();
+        let backend = EmbeddedBackend::open(
+            dir.path(),
+            &EmbeddedOptions { public_base_url: base, max_receives: MAX_RECEIVES, notice_max_receives: MAX_RECEIVES },
+        )
+        .unwrap();
         let files = easel_cli::local::files_router(backend.images.clone());
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, files).await;
@@ -302,8 +304,24 @@ pub async fn callback_attempts_are_appended_in_order(p: &Ports) {
     let task = new_task("key_a", None);
     p.tasks.insert(&task).await.unwrap();
     let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
-    let refused = CallbackAttempt { at, status: None, error: Some("could not connect".into()), duration_ms: 3 };
-    let accepted = CallbackAttempt { at, status: Some(204), error: None, duration_ms: 9 };
+    let refused = CallbackAttempt {
+        at,
+        status: None,
+        error: Some("could not connect".into()),
+        error_class: Some("connect".into()),
+        retry_after_secs: None,
+        duration_ms: 3,
+        gave_up: false,
+    };
+    let accepted = CallbackAttempt {
+        at,
+        status: Some(204),
+        error: None,
+        error_class: None,
+        retry_after_secs: None,
+        duration_ms: 9,
+        gave_up: false,
+    };
     assert!(p.tasks.record_delivery(task.id, refused.clone()).await.unwrap());
     assert!(p.tasks.record_delivery(task.id, accepted.clone()).await.unwrap());
     assert_eq!(p.tasks.get(task.id).await.unwrap().unwrap().deliveries, vec![refused, accepted]);
@@ -311,7 +329,15 @@ pub async fn callback_attempts_are_appended_in_order(p: &Ports) {
         !p.tasks
             .record_delivery(
                 new_task("key_a", None).id,
-                CallbackAttempt { at, status: Some(200), error: None, duration_ms: 1 }
+                CallbackAttempt {
+                    at,
+                    status: Some(200),
+                    error: None,
+                    error_class: None,
+                    retry_after_secs: None,
+                    duration_ms: 1,
+                    gave_up: false,
+                }
             )
             .await
             .unwrap()
@@ -430,4 +456,22 @@ pub async fn keys_are_found_by_secret_hash_listed_and_revoked(p: &Ports) {
     let revoked = p.keys.find_by_hash(&a.key.secret_hash).await.unwrap().unwrap();
     assert!(revoked.revoked_at.is_some());
     assert!(p.keys.find_by_hash(&b.key.secret_hash).await.unwrap().unwrap().is_active());
+}
+
+pub async fn a_rotated_callback_secret_signs_beside_the_new_one_until_its_grace_period_ends(p: &Ports) {
+    let now = OffsetDateTime::now_utc();
+    let new = generate_key("rotating", now);
+    p.keys.insert(&new.key).await.unwrap();
+    assert_eq!(p.keys.get(&new.key.id).await.unwrap(), Some(new.key.clone()));
+    assert_eq!(p.keys.get("key_missing").await.unwrap(), None);
+    let grace = Duration::from_secs(3600);
+    let rotated =
+        easel_core::keys::rotate_callback_secret(p.keys.as_ref(), &new.key.id, grace, now).await.unwrap().unwrap();
+    assert_ne!(rotated.callback_secret, new.key.callback_secret);
+    let stored = p.keys.find_by_hash(&new.key.secret_hash).await.unwrap().unwrap();
+    assert_eq!(stored, rotated, "the secret still authenticates and the record carries both callback secrets");
+    assert_eq!(stored.signing_secrets(now), vec![rotated.callback_secret.as_str(), new.key.callback_secret.as_str()]);
+    assert_eq!(stored.signing_secrets(now + grace), vec![rotated.callback_secret.as_str()]);
+    let missing = easel_core::keys::rotate_callback_secret(p.keys.as_ref(), "key_missing", grace, now).await;
+    assert_eq!(missing.unwrap(), None);
 }

@@ -60,9 +60,26 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         },
         dev_key_file: Some(data_dir.join("dev-api-key")),
         shutdown_grace: Duration::from_secs(60),
-        callback_timeout: Duration::from_secs(10),
-        callback_retry_after: Duration::from_secs(30),
+        outbound: test_guard(true),
+        callback_in_flight: Duration::from_secs(30),
+        callback_schedule: easel_core::notify::RetrySchedule::default(),
     }
+}
+
+/// The SSRF guard of the test servers: plain http to loopback allowed (or not), names resolved by
+/// a table (`localhost` only; never the system's resolver), and connections only to loopback, so
+/// that no test reaches beyond this machine even if the guard were broken.
+pub fn test_guard(allow_loopback: bool) -> easel_callbacks::Guard {
+    test_guard_within(allow_loopback, Duration::from_secs(10))
+}
+
+/// [`test_guard`] with another deadline per request.
+pub fn test_guard_within(allow_loopback: bool, deadline: Duration) -> easel_callbacks::Guard {
+    let resolver = easel_callbacks::StaticResolver::new([("localhost", vec!["127.0.0.1".parse().unwrap()])]);
+    easel_callbacks::Guard::new(deadline, 0)
+        .allow_loopback(allow_loopback)
+        .with_resolver(Arc::new(resolver))
+        .with_egress(easel_callbacks::loopback_only)
 }
 
 impl Harness {

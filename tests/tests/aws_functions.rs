@@ -204,7 +204,9 @@ async fn the_worker_lists_only_transient_failures_and_fails_a_task_on_its_last_r
 async fn the_notifier_retries_a_refused_callback_and_records_every_attempt() {
     let env = AwsEnv::create(3).await;
     let receiver = CallbackReceiver::start().await;
-    let task = queued_task(Some(&receiver.url));
+    let key = easel_core::keys::create_key(env.backend.keys.as_ref(), "hooks").await.unwrap().key;
+    let mut task = queued_task(Some(&receiver.url));
+    task.key_id = key.id.clone();
     env.backend.tasks.insert(&task).await.unwrap();
     let now = OffsetDateTime::now_utc();
     env.backend.tasks.claim(task.id, Duration::from_secs(60), now).await.unwrap();
@@ -230,6 +232,22 @@ async fn the_notifier_retries_a_refused_callback_and_records_every_attempt() {
     assert_eq!(statuses, vec![Some(500), Some(200)]);
     assert_eq!(receiver.received().len(), 2);
     assert_eq!(receiver.received()[1].body["status"][0]["status"]["message"], "CANCELED");
+    let ids: Vec<_> = receiver.received().iter().map(|r| r.headers["webhook-id"].clone()).collect();
+    assert_eq!(ids[0], ids[1], "a retry carries the same webhook-id");
+    assert!(receiver.received()[1].headers["webhook-signature"].to_str().unwrap().starts_with("v1,"));
+
+    // A task whose key is gone is not posted unsigned: the attempt is recorded and not retried.
+    let mut orphan = queued_task(Some(&receiver.url));
+    orphan.key_id = "key_deleted".into();
+    env.backend.tasks.insert(&orphan).await.unwrap();
+    env.backend.tasks.claim(orphan.id, Duration::from_secs(60), now).await.unwrap();
+    env.backend.tasks.complete(orphan.id, easel_core::task::Completion::Canceled, now).await.unwrap();
+    let notice = json!({"task_id": orphan.id}).to_string();
+    let response = handler.handle(sqs_event(&[job_record("n-orphan", notice, 1)])).await;
+    assert!(response.batch_item_failures.is_empty());
+    let attempt = env.backend.tasks.get(orphan.id).await.unwrap().unwrap().deliveries.remove(0);
+    assert_eq!(attempt.error_class.as_deref(), Some("signing"), "{attempt:?}");
+    assert_eq!(receiver.received().len(), 2, "nothing unsigned was sent");
     env.destroy().await;
 }
 
@@ -243,7 +261,12 @@ fn a_function_missing_its_settings_names_every_missing_variable() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("EASEL_RETENTION_DAYS=\"soon\" is not a whole number of days"), "{err}");
-    assert!(!err.contains("EASEL_NOTICES_QUEUE_URL"), "the api function does not use the notices queue: {err}");
+    assert!(err.contains("EASEL_NOTICES_QUEUE_URL"), "the api function queues callback redeliveries: {err}");
+    let err = easel_fn_notifier::Config::from_lookup(&|_| None).unwrap_err().to_string();
+    assert!(err.contains("EASEL_NOTICES_QUEUE_URL"), "the notifier puts failed callbacks off: {err}");
+    let bad = |name: &str| (name == "EASEL_CALLBACK_RETRY_DELAYS").then(|| "5,soon".to_owned());
+    let err = easel_fn_notifier::Config::from_lookup(&bad).unwrap_err().to_string();
+    assert!(err.contains("EASEL_CALLBACK_RETRY_DELAYS must be seconds"), "{err}");
     let err = easel_fn_worker::Config::from_lookup(&|name| (name == "EASEL_DEVICE").then(|| "gpu".into()))
         .unwrap_err()
         .to_string();

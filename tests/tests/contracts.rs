@@ -43,4 +43,5 @@ contracts!(
     a_stored_image_reads_back_and_its_url_serves_it_over_http,
     an_image_url_stops_working_when_it_expires,
     keys_are_found_by_secret_hash_listed_and_revoked,
+    a_rotated_callback_secret_signs_beside_the_new_one_until_its_grace_period_ends,
 );

@@ -263,7 +263,8 @@ async fn an_image_in_the_json_body_makes_an_edit_of_that_image() {
     );
 
     for (image, expect) in [
-        (json!("https://example.com/cat.png"), "not fetched"),
+        (json!("https://example.com/cat.png"), "could not be resolved"),
+        (json!("https://169.254.169.254/latest/meta-data/"), "link-local"),
         (json!("bm90IGFuIGltYWdl"), "PNG, JPEG or WebP"),
         (json!("%%%"), "base64"),
         (json!([a.clone(), b.clone()]), "one image"),

@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
-use crate::{AppState, ServiceError, TaskView, load_task_view, new_task, with_retry_after};
+use crate::{AppState, ServiceError, TaskView, checked_callback, load_task_view, new_task, with_retry_after};
 
 pub const ROUTE: &str = "/api/v2/task/async";
 pub const MAX_IMAGES: u64 = 6;
@@ -124,7 +124,15 @@ pub async fn submit(
     state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse_submit(&body)?;
-    let task = new_task(&key, Dialect::Hive, ROUTE, &body, &headers, parsed.request, parsed.callback_url)?;
+    let task = new_task(
+        &key,
+        Dialect::Hive,
+        ROUTE,
+        &body,
+        &headers,
+        parsed.request,
+        checked_callback(&state, parsed.callback_url)?,
+    )?;
     let submitted = state.submit(task).await?;
     let view = TaskView { task: submitted.task, image_urls: vec![] };
     Ok((StatusCode::OK, Json(task_object(&view))).into_response())

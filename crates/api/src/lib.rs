@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use easel_core::keys::ApiKey;
-use easel_core::ports::{ImageStore, JobQueue, KeyStore, StoreError, TaskStore};
+use easel_core::ports::{ImageStore, JobQueue, KeyStore, NoticeQueue, StoreError, TaskStore};
 use easel_core::request::Dialect;
 use easel_core::submit::{SubmitError, Submitted, Submitter};
 pub use easel_core::task::TaskView;
@@ -37,7 +37,7 @@ use crate::body::{InputError, MAX_BODY_BYTES, MAX_IMAGE_BODY_BYTES};
 pub use crate::models::ModelCatalog;
 
 /// How the API behaves, as configured by the binary that runs it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiSettings {
     /// How long image URLs handed out stay valid.
     pub url_ttl: Duration,
@@ -47,6 +47,23 @@ pub struct ApiSettings {
     pub models: ModelCatalog,
     /// Per-key limit on submissions; `None` = unlimited.
     pub rate_limit: Option<RateLimit>,
+    /// Callback and image URLs may be `http://` loopback addresses (local use only).
+    pub allow_loopback_urls: bool,
+    /// Downloads input images given as URLs; `None` refuses image URLs.
+    pub image_fetcher: Option<Arc<dyn easel_core::ports::ImageFetcher>>,
+}
+
+impl std::fmt::Debug for ApiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiSettings")
+            .field("url_ttl", &self.url_ttl)
+            .field("sync_wait", &self.sync_wait)
+            .field("models", &self.models)
+            .field("rate_limit", &self.rate_limit)
+            .field("allow_loopback_urls", &self.allow_loopback_urls)
+            .field("image_fetcher", &self.image_fetcher.is_some())
+            .finish()
+    }
 }
 
 /// A token bucket per API key over the submit endpoints: `per_minute` tokens a minute, at most
@@ -63,6 +80,8 @@ type KeyedLimiter = governor::DefaultKeyedRateLimiter<String>;
 #[derive(Clone)]
 pub struct AppState {
     pub tasks: Arc<dyn TaskStore>,
+    /// Callback redeliveries asked for through the API go here.
+    pub notices: Arc<NoticeQueue>,
     pub images: Arc<dyn ImageStore>,
     pub keys: Arc<dyn KeyStore>,
     submitter: Submitter,
@@ -70,6 +89,8 @@ pub struct AppState {
     pub sync_wait: Duration,
     pub models: Arc<ModelCatalog>,
     limiter: Option<Arc<KeyedLimiter>>,
+    pub allow_loopback_urls: bool,
+    pub image_fetcher: Option<Arc<dyn easel_core::ports::ImageFetcher>>,
     /// The OpenAPI document, built once with this server's models.
     openapi: Arc<serde_json::Value>,
 }
@@ -88,6 +109,7 @@ impl AppState {
     pub fn new(
         tasks: Arc<dyn TaskStore>,
         jobs: Arc<JobQueue>,
+        notices: Arc<NoticeQueue>,
         images: Arc<dyn ImageStore>,
         keys: Arc<dyn KeyStore>,
         settings: ApiSettings,
@@ -95,7 +117,10 @@ impl AppState {
         let submitter = Submitter::new(Arc::clone(&tasks), jobs);
         let openapi = Arc::new(openapi::document(&settings.models));
         AppState {
+            notices,
             openapi,
+            allow_loopback_urls: settings.allow_loopback_urls,
+            image_fetcher: settings.image_fetcher.clone(),
             tasks,
             images,
             keys,
@@ -216,6 +241,16 @@ pub fn new_task(
     Ok(task)
 }
 
+/// `callback_url` after the SSRF rules that need no network (DESIGN.md §7), so that a URL that
+/// can never be delivered is refused at once; the notifier checks the resolved addresses.
+pub fn checked_callback(state: &AppState, callback_url: Option<String>) -> Result<Option<String>, InputError> {
+    if let Some(url) = &callback_url {
+        easel_core::egress::check_url(url, state.allow_loopback_urls)
+            .map_err(|e| InputError::field("callback_url", format!("callback_url is refused: {e}")))?;
+    }
+    Ok(callback_url)
+}
+
 /// Loads a task the key may see. Another key's task is reported as not found.
 pub async fn load_task_view(state: &AppState, key: &ApiKey, id: &str) -> Result<TaskView, ServiceError> {
     let not_found = || ServiceError::TaskNotFound(id.chars().take(64).collect());
@@ -272,6 +307,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(openai::list_models))
         .route("/v1/models/{id}", get(openai::get_model))
         .route("/v1/tasks/{id}", get(tasks::get_task).delete(tasks::cancel_task))
+        .route("/v1/tasks/{id}/callbacks/redeliver", post(tasks::redeliver_callback))
         .route("/v1/usage", get(usage::get_usage))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

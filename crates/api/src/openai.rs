@@ -28,7 +28,7 @@ use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
 use crate::models::{ModelCatalog, ModelEntry, Size};
 use crate::sync::{SyncOutcome, image_bytes, pending_message, pending_response, submit_and_wait, with_task_id};
-use crate::{AppState, ServiceError, new_task, with_retry_after};
+use crate::{AppState, ServiceError, checked_callback, new_task, with_retry_after};
 
 pub const ROUTE: &str = "/v1/images/generations";
 pub const EDITS_ROUTE: &str = "/v1/images/edits";
@@ -144,12 +144,21 @@ pub enum ResponseFormat {
     B64Json,
 }
 
+/// Where an input image comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageSource {
+    /// Sent in the request (base64 or a file upload), decoded and checked.
+    Inline(InitImage),
+    /// An `https` URL to download, behind the SSRF guard, when the task is submitted.
+    Url(String),
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagesRequest {
     pub request: GenerationRequest,
-    /// The input image (edits), decoded and checked, with its `strength`.
-    pub image: Option<(InitImage, f32)>,
+    /// The input image (edits) with its `strength`.
+    pub image: Option<(ImageSource, f32)>,
     pub response_format: ResponseFormat,
     pub callback_url: Option<String>,
     pub user: Option<String>,
@@ -234,9 +243,9 @@ pub fn parse(body: &Map<String, Value>, catalog: &ModelCatalog) -> Result<Images
     })
 }
 
-/// The `image` field: one base64 string (optionally a `data:` URL), or an array of one. Image
-/// URLs are refused until the SSRF guard for fetching them exists.
-fn input_image(value: Option<&Value>) -> Result<Option<InitImage>, OpenaiError> {
+/// The `image` field: one base64 string (optionally a `data:` URL) or an image URL, or an array of
+/// one.
+fn input_image(value: Option<&Value>) -> Result<Option<ImageSource>, OpenaiError> {
     let param = || Some("image".to_owned());
     let text = match value {
         None | Some(Value::Null) => return Ok(None),
@@ -249,10 +258,7 @@ fn input_image(value: Option<&Value>) -> Result<Option<InitImage>, OpenaiError> 
     };
     let text = text.trim();
     if text.starts_with("http://") || text.starts_with("https://") {
-        return Err(OpenaiError::invalid(
-            param(),
-            "image URLs are not fetched by this server yet: send the image itself, base64-encoded or as a file upload",
-        ));
+        return Ok(Some(ImageSource::Url(text.to_owned())));
     }
     let encoded = match text.split_once(";base64,") {
         Some((prefix, data)) if prefix.starts_with("data:") => data,
@@ -261,7 +267,21 @@ fn input_image(value: Option<&Value>) -> Result<Option<InitImage>, OpenaiError> 
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(encoded.as_bytes())
         .map_err(|e| OpenaiError::invalid(param(), format!("image is not valid base64: {e}")))?;
-    decode_image(&bytes).map(Some).map_err(|e| OpenaiError::invalid(param(), e.to_string()))
+    decode_image(&bytes).map(|i| Some(ImageSource::Inline(i))).map_err(|e| OpenaiError::invalid(param(), e.to_string()))
+}
+
+/// Downloads an input image given as a URL (SSRF rules of DESIGN.md §7, size-capped) and decodes it.
+async fn fetch_image(state: &AppState, url: &str) -> Result<InitImage, OpenaiError> {
+    let refused = |message: String| OpenaiError::invalid(Some("image".into()), message);
+    easel_core::egress::check_url(url, state.allow_loopback_urls)
+        .map_err(|e| refused(format!("the image URL is refused: {e}")))?;
+    let fetcher =
+        state.image_fetcher.as_ref().ok_or_else(|| refused("this server does not fetch image URLs".into()))?;
+    let bytes = fetcher.fetch(url).await.map_err(|e| match e {
+        easel_core::ports::FetchError::Refused(why) => refused(format!("the image URL is refused: {why}")),
+        easel_core::ports::FetchError::Failed(why) => refused(format!("the image could not be downloaded: {why}")),
+    })?;
+    decode_image(&bytes).map_err(|e| refused(format!("the downloaded image: {e}")))
 }
 
 /// Stores the input image of `task` (as PNG) and points its request at it.
@@ -283,9 +303,21 @@ async fn run(
     body: &Map<String, Value>,
     parsed: ImagesRequest,
 ) -> Result<Response, OpenaiError> {
-    let mut task = new_task(key, Dialect::Openai, route, body, headers, parsed.request, parsed.callback_url)?;
+    let mut task = new_task(
+        key,
+        Dialect::Openai,
+        route,
+        body,
+        headers,
+        parsed.request,
+        checked_callback(state, parsed.callback_url)?,
+    )?;
     task.end_user = parsed.user;
-    if let Some((image, strength)) = parsed.image {
+    if let Some((source, strength)) = parsed.image {
+        let image = match source {
+            ImageSource::Inline(image) => image,
+            ImageSource::Url(url) => fetch_image(state, &url).await?,
+        };
         attach_image(state, &mut task, image, strength).await?;
     }
     match submit_and_wait(state, headers, task).await? {

@@ -37,6 +37,7 @@ Every task, whatever its dialect, can be read and canceled at /v1/tasks/{id}.",
         crate::stability::text_to_image,
         crate::tasks::get_task,
         crate::tasks::cancel_task,
+        crate::tasks::redeliver_callback,
         crate::usage::get_usage,
         crate::healthz,
         crate::openapi_json,
@@ -140,10 +141,11 @@ pub(crate) struct HiveTaskRequest {
     #[schema(min_length = 1, max_length = 4000, pattern = r"\S")]
     text_data: String,
     options: Option<HiveOptions>,
-    /// Receives the task object as a signed POST when the task ends.
+    /// Receives the task object as a signed POST when the task ends. `https` to a public address
+    /// (private, loopback and link-local addresses are refused, DESIGN.md §7).
     #[schema(
         max_length = 2048,
-        pattern = r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,60}[A-Za-z0-9])?(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+        pattern = r"^https://([A-Za-z0-9]{1,20}\.){1,4}[A-Za-z]{2,10}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
     )]
     callback_url: Option<String>,
 }
@@ -281,11 +283,11 @@ pub(crate) struct OpenaiImagesRequest {
     /// easel extension: receives the task document as a signed POST when the task ends.
     #[schema(
         max_length = 2048,
-        pattern = r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,60}[A-Za-z0-9])?(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+        pattern = r"^https://([A-Za-z0-9]{1,20}\.){1,4}[A-Za-z]{2,10}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
     )]
     callback_url: Option<String>,
-    /// An input image to edit (img2img), base64 or a `data:` URL (AIGNE Hub's form).
-    #[schema(format = Byte)]
+    /// An input image to edit (img2img): base64, a `data:` URL, or an `https` URL that the server
+    /// downloads behind its SSRF guard (public addresses only, at most 6 MiB; AIGNE Hub's form).
     image: Option<String>,
     /// img2img: how much of the input image to replace.
     #[schema(minimum = 0.01, maximum = 1.0)]
@@ -441,7 +443,7 @@ pub(crate) struct BasicRequest {
     /// easel extension: receives the task document as a signed POST when the task ends.
     #[schema(
         max_length = 2048,
-        pattern = r"^https?://[A-Za-z0-9]([A-Za-z0-9.-]{0,60}[A-Za-z0-9])?(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
+        pattern = r"^https://([A-Za-z0-9]{1,20}\.){1,4}[A-Za-z]{2,10}(:[1-9][0-9]{0,3})?(/[A-Za-z0-9._~/-]*)?$"
     )]
     callback_url: Option<String>,
 }
@@ -516,8 +518,18 @@ pub(crate) struct TaskDocument {
     timings: TimingsDoc,
     /// Callback delivery attempts, oldest first.
     deliveries: Vec<DeliveryDoc>,
+    /// `delivered`, `failed` (no attempt follows), `pending`, or null without a callback URL.
+    callback_status: Option<CallbackStatusDoc>,
     /// What the key was charged (succeeded tasks only).
     usage: Option<TaskUsageDoc>,
+}
+
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+pub(crate) enum CallbackStatusDoc {
+    Delivered,
+    Failed,
+    Pending,
 }
 
 #[derive(ToSchema)]
@@ -609,13 +621,28 @@ pub(crate) struct DeliveryDoc {
     /// The receiver's HTTP status, when it answered.
     status: Option<u16>,
     error: Option<String>,
+    /// `status`, `refused`, `dns`, `connect`, `timeout`, `redirect`, `too_large`, `request`, `signing`.
+    error_class: Option<String>,
+    /// The receiver's `Retry-After`, in seconds.
+    retry_after_secs: Option<u64>,
     duration_ms: u64,
+    /// No attempt follows this failed one.
+    gave_up: Option<bool>,
 }
 
 #[derive(ToSchema)]
 pub(crate) struct TaskUsageDoc {
     images: u32,
     credits: f64,
+}
+
+/// A callback redelivery was queued.
+#[derive(ToSchema)]
+pub(crate) struct RedeliveryQueued {
+    task_id: String,
+    /// The `webhook-id` the callback carries (the same as its earlier attempts).
+    webhook_id: String,
+    status: String,
 }
 
 /// `DELETE /v1/tasks/{id}` on a task that had already finished.
@@ -701,6 +728,7 @@ mod tests {
             "/v1/models/{id}",
             "/api/generate/basic/textToImage",
             "/v1/tasks/{id}",
+            "/v1/tasks/{id}/callbacks/redeliver",
             "/v1/usage",
             "/healthz",
             "/openapi.json",

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 use crate::auth::{AuthFailure, Scheme, require_key};
 use crate::body::{Fields, InputError, json_object};
 use crate::sync::{SyncOutcome, image_bytes, pending_message, pending_response, submit_and_wait, with_task_id};
-use crate::{AppState, ServiceError, new_task, with_retry_after};
+use crate::{AppState, ServiceError, checked_callback, new_task, with_retry_after};
 
 pub const ROUTE: &str = "/api/generate/basic/textToImage";
 pub const MIN_SIDE: u64 = 320;
@@ -175,7 +175,15 @@ pub async fn text_to_image(
     state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse(&body)?;
-    let mut task = new_task(&key, Dialect::Stability, ROUTE, &body, &headers, parsed.request, parsed.callback_url)?;
+    let mut task = new_task(
+        &key,
+        Dialect::Stability,
+        ROUTE,
+        &body,
+        &headers,
+        parsed.request,
+        checked_callback(&state, parsed.callback_url)?,
+    )?;
     if let Some(preset) = parsed.clip_guidance_preset.filter(|p| p != "NONE") {
         task.warnings
             .push(format!("clip_guidance_preset {preset} was recorded but not applied: easel has no CLIP guidance"));

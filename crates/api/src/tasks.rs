@@ -120,6 +120,44 @@ pub async fn cancel_task(
     Ok((StatusCode::CONFLICT, Json(body)).into_response())
 }
 
+/// Queues the task's callback again (the same `webhook-id`, fresh image URLs, a new schedule of
+/// attempts), whether or not an earlier attempt was delivered.
+#[utoipa::path(
+    post, path = "/v1/tasks/{id}/callbacks/redeliver", tag = "tasks", operation_id = "redeliver_callback",
+    security(("bearer" = []), ("hive_token" = []), ("basic_key" = [])),
+    params(("id" = String, Path, description = "The task id")),
+    responses(
+        (status = 202, description = "Queued for delivery.", body = crate::openapi::RedeliveryQueued),
+        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::NeutralErrorBody),
+        (status = 404, description = "No such task for this key.", body = crate::openapi::NeutralErrorBody),
+        (status = 409, description = "The task has no callback URL, or has not finished.", body = crate::openapi::NeutralErrorBody),
+        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::NeutralErrorBody),
+    )
+)]
+pub async fn redeliver_callback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, NeutralError> {
+    let key = require_key(&state, &headers, Scheme::Any).await?;
+    let task = load_task_view(&state, &key, &id).await?.task;
+    let conflict = |message: String| NeutralError { status: StatusCode::CONFLICT, code: "not_redeliverable", message };
+    if task.callback_url.is_none() {
+        return Err(conflict(format!("task {} has no callback_url", task.id)));
+    }
+    if !task.status.is_terminal() {
+        return Err(conflict(format!(
+            "task {} has not finished ({}); its callback is sent when it does",
+            task.id, task.status
+        )));
+    }
+    let notice = easel_core::ports::Notice { task_id: task.id, redelivery: true };
+    state.notices.send(&notice).await.map_err(ServiceError::Store)?;
+    tracing::info!(task_id = %task.id, "callback redelivery queued");
+    let body = json!({"task_id": task.id.to_string(), "webhook_id": easel_core::webhook::message_id(task.id), "status": "queued"});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
 /// The neutral task document.
 pub fn task_json(view: &TaskView) -> Value {
     let t = &view.task;
@@ -161,8 +199,25 @@ pub fn task_json(view: &TaskView) -> Value {
         "finished_at": rfc3339(t.finished_at),
         "timings": t.timings,
         "deliveries": t.deliveries,
+        "callback_status": callback_status(t),
         "usage": t.usage.map(|u| json!({"images": u.images, "credits": u.credits()})),
     })
+}
+
+/// `delivered`, `failed` (no attempt follows), `pending` (owed, or being retried), or `null`
+/// without a callback URL.
+fn callback_status(t: &easel_core::task::Task) -> Value {
+    if t.callback_url.is_none() {
+        return Value::Null;
+    }
+    let status = if t.deliveries.iter().any(|d| d.delivered()) {
+        "delivered"
+    } else if t.deliveries.last().is_some_and(|d| d.gave_up) {
+        "failed"
+    } else {
+        "pending"
+    };
+    json!(status)
 }
 
 /// A timestamp as RFC 3339 text (`null` when absent); `time`'s own serde form is a tuple.

@@ -575,6 +575,37 @@ impl KeyStore for DynamoKeyStore {
         Ok(keys)
     }
 
+    /// Through the keys index (one partition; a key's item is addressed by its secret's hash).
+    async fn get(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        Ok(self.all().await?.into_iter().map(|item| item.key).find(|key| key.id == id))
+    }
+
+    async fn replace(&self, key: &ApiKey) -> Result<bool, StoreError> {
+        let item = serde_dynamo::to_item(KeyItem {
+            pk: key_pk(&key.secret_hash),
+            gsi1pk: KEYS_PARTITION.to_owned(),
+            gsi1sk: key.id.clone(),
+            key: key.clone(),
+        })
+        .map_err(corrupt("API key item"))?;
+        let result = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_exists(pk) AND #key.#id = :id")
+            .expression_attribute_names("#key", "key")
+            .expression_attribute_names("#id", "id")
+            .expression_attribute_values(":id", s(key.id.clone()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|se| se.is_conditional_check_failed_exception()) => Ok(false),
+            Err(e) => Err(StoreError::backend("DynamoDB PutItem (replace API key)", e)),
+        }
+    }
+
     async fn revoke(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
         let Some(item) = self.all().await?.into_iter().find(|item| item.key.id == id) else { return Ok(false) };
         if item.key.revoked_at.is_some() {

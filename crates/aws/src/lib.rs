@@ -22,7 +22,7 @@ use easel_core::ports::{Job, Notice};
 pub use aws_config::SdkConfig;
 pub use dynamo::{DynamoKeyStore, DynamoTaskStore};
 pub use s3::S3ImageStore;
-pub use sqs::{SqsQueue, decode_body};
+pub use sqs::{SqsQueue, decode_body, delivery_of};
 
 /// Where easel's resources are. Each binary reads these from its environment once
 /// ([`AwsSettings::from_lookup`]); adapters never read the environment themselves.

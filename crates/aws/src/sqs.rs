@@ -117,6 +117,16 @@ where
     }
 }
 
+/// An SQS event record as a [`Delivery`]: the decoded body, the receipt and the receive count.
+pub fn delivery_of<M: serde::de::DeserializeOwned>(
+    record: &aws_lambda_events::event::sqs::SqsMessage,
+) -> Result<Delivery<M>, String> {
+    let body = record.body.as_deref().ok_or("the message has no body")?;
+    let message = decode_body(body).map_err(|e| format!("the body is not a valid message: {e}"))?;
+    let receive_count = record.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
+    Ok(Delivery { message, receipt: record.receipt_handle.clone().unwrap_or_default(), receive_count })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,10 +12,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use easel_api::models::ModelCatalog;
 use easel_api::{ApiSettings, AppState, RateLimit};
-use easel_callbacks::HttpCallbackSender;
+pub use easel_callbacks::Guard;
+use easel_callbacks::{HttpCallbackSender, HttpImageFetcher, MAX_CALLBACK_ANSWER_BYTES};
 use easel_core::generator::Generator;
 use easel_core::keys::create_key;
-use easel_core::notify::Notifier;
+use easel_core::notify::{Notifier, RetrySchedule};
 use easel_core::ports::KeyStore;
 use easel_core::worker::{Worker, WorkerConfig};
 use easel_embedded::{EmbeddedBackend, EmbeddedOptions, FileAccessError, FsImageStore, OpenError, OwnerLock};
@@ -41,10 +42,14 @@ pub struct ServeConfig {
     pub dev_key_file: Option<PathBuf>,
     /// How long shutdown waits for the generation in progress before leaving it for the next start.
     pub shutdown_grace: Duration,
-    /// Bound on one callback POST.
-    pub callback_timeout: Duration,
-    /// How long after a failed callback it is tried again (until the notice's maximum receives).
-    pub callback_retry_after: Duration,
+    /// The SSRF guard every callback and input-image download goes through: its deadline, whether
+    /// plain http to loopback is allowed, its resolver.
+    pub outbound: Guard,
+    /// How long a callback notice stays hidden while it is delivered; a notifier stopped meanwhile
+    /// leaves it to come back after this.
+    pub callback_in_flight: Duration,
+    /// When failed callbacks are tried again.
+    pub callback_schedule: RetrySchedule,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +64,6 @@ pub enum ServeError {
     Open(#[from] OpenError),
     #[error("cannot set up the development API key")]
     DevKey(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cannot set up the callback client")]
-    Callbacks(#[source] reqwest::Error),
 }
 
 /// What `easel serve` created or found for the developer's key.
@@ -102,7 +105,11 @@ impl LocalServer {
         let public_url = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
         let backend = EmbeddedBackend::open(
             &config.data_dir,
-            &EmbeddedOptions { public_base_url: public_url, max_receives: config.max_receives },
+            &EmbeddedOptions {
+                public_base_url: public_url,
+                max_receives: config.max_receives,
+                notice_max_receives: config.callback_schedule.attempts(),
+            },
         )?;
         let owner = backend.take_ownership()?;
         let dev_key = match &config.dev_key_file {
@@ -115,11 +122,19 @@ impl LocalServer {
             Some(generator) => ModelCatalog::for_descriptor(generator.descriptor()),
             None => ModelCatalog::unloaded(),
         };
-        let settings =
-            ApiSettings { url_ttl: config.url_ttl, sync_wait: config.sync_wait, models, rate_limit: config.rate_limit };
+        let fetch_guard = config.outbound.clone().with_max_body(easel_api::body::MAX_IMAGE_BODY_BYTES);
+        let settings = ApiSettings {
+            url_ttl: config.url_ttl,
+            sync_wait: config.sync_wait,
+            models,
+            rate_limit: config.rate_limit,
+            allow_loopback_urls: config.outbound.allows_loopback(),
+            image_fetcher: Some(Arc::new(HttpImageFetcher::new(fetch_guard))),
+        };
         let state = AppState::new(
             backend.tasks.clone(),
             backend.jobs.clone(),
+            backend.notices.clone(),
             backend.images.clone(),
             backend.keys.clone(),
             settings,
@@ -146,17 +161,19 @@ impl LocalServer {
             let rx = rx.clone();
             tokio::spawn(async move { worker.run(rx).await })
         });
-        let sender = HttpCallbackSender::new(config.callback_timeout).map_err(ServeError::Callbacks)?;
+        let sender = HttpCallbackSender::new(config.outbound.clone().with_max_body(MAX_CALLBACK_ANSWER_BYTES));
         let notifier = Notifier::new(
             backend.tasks.clone(),
+            backend.keys.clone(),
             backend.images.clone(),
             Arc::new(sender),
             easel_api::callback_body,
             config.url_ttl,
+            config.callback_schedule.clone(),
         );
         let notices = backend.notices.clone();
-        let retry_after = config.callback_retry_after;
-        let notifier = tokio::spawn(async move { notifier.run(notices.as_ref(), retry_after, rx).await });
+        let in_flight = config.callback_in_flight;
+        let notifier = tokio::spawn(async move { notifier.run(notices.as_ref(), in_flight, rx).await });
         Ok(LocalServer {
             addr,
             backend,

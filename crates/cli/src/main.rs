@@ -99,6 +99,10 @@ struct ServeArgs {
     /// Where the development API key is written on first start.
     #[arg(long, env = "EASEL_DEV_KEY_FILE", default_value = ".easel/dev-api-key")]
     dev_key_file: PathBuf,
+    /// Let callbacks and image URLs go to plain http on loopback (127.0.0.1, ::1, localhost), for
+    /// trying callbacks locally. Never on a shared host.
+    #[arg(long, env = "EASEL_ALLOW_LOOPBACK_CALLBACKS", default_value_t = false)]
+    allow_loopback_callbacks: bool,
     /// Accept and queue tasks without running them (no model is loaded).
     #[arg(long)]
     no_worker: bool,
@@ -118,6 +122,17 @@ enum KeysCommand {
     List,
     /// Revoke a key by id.
     Revoke { id: String },
+    /// Print the secret a key's callbacks are signed with (Standard Webhooks, `whsec_…`), for the
+    /// receiver to verify them.
+    CallbackSecret { id: String },
+    /// Give a key a new callback secret. Callbacks carry a second signature made with the old one
+    /// for the grace period, so receivers can switch without dropping any.
+    RotateCallbackSecret {
+        id: String,
+        /// How long the old secret keeps signing, in hours.
+        #[arg(long, default_value_t = 24)]
+        grace_hours: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -226,8 +241,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         worker: WorkerConfig::default(),
         dev_key_file: Some(args.dev_key_file),
         shutdown_grace: Duration::from_secs(30),
-        callback_timeout: Duration::from_secs(10),
-        callback_retry_after: Duration::from_secs(30),
+        outbound: easel_cli::local::Guard::new(Duration::from_secs(10), 0)
+            .allow_loopback(args.allow_loopback_callbacks),
+        callback_in_flight: Duration::from_secs(60),
+        callback_schedule: easel_core::notify::RetrySchedule::default(),
     };
     let server = LocalServer::start(config, generator).await?;
     let addr = server.addr();
@@ -281,7 +298,7 @@ async fn keys(command: KeysCommand, data: DataArgs) -> anyhow::Result<()> {
             Arc::new(easel_aws::DynamoKeyStore::for_table(&sdk, table))
         }
         None => {
-            let options = EmbeddedOptions { public_base_url: String::new(), max_receives: 3 };
+            let options = EmbeddedOptions { public_base_url: String::new(), max_receives: 3, notice_max_receives: 8 };
             EmbeddedBackend::open(&data.data_dir, &options)?.keys
         }
     };
@@ -308,6 +325,20 @@ async fn keys(command: KeysCommand, data: DataArgs) -> anyhow::Result<()> {
                 bail!("no key with id {id}");
             }
             println!("revoked {id}");
+        }
+        KeysCommand::CallbackSecret { id } => {
+            let key = store.get(&id).await?.ok_or_else(|| anyhow::anyhow!("no key with id {id}"))?;
+            println!("{}", key.callback_secret);
+        }
+        KeysCommand::RotateCallbackSecret { id, grace_hours } => {
+            let grace = Duration::from_secs(grace_hours.saturating_mul(3600));
+            let key = easel_core::keys::rotate_callback_secret(store, &id, grace, OffsetDateTime::now_utc())
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("no key with id {id}"))?;
+            println!("callback secret:  {}", key.callback_secret);
+            if let Some(until) = key.previous_callback_secret_until {
+                println!("the previous secret also signs callbacks until {until}");
+            }
         }
     }
     Ok(())

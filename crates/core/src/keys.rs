@@ -20,6 +20,12 @@ pub struct ApiKey {
     pub secret_hash: String,
     /// Standard Webhooks signing secret (`whsec_…`) for this key's callbacks.
     pub callback_secret: String,
+    /// The secret before the last rotation: callbacks carry a second signature made with it
+    /// until `previous_callback_secret_until`, so receivers can switch without losing any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_callback_secret: Option<String>,
+    #[serde(with = "time::serde::rfc3339::option", default, skip_serializing_if = "Option::is_none")]
+    pub previous_callback_secret_until: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option", default)]
@@ -41,6 +47,38 @@ impl ApiKey {
     pub fn is_active(&self) -> bool {
         self.revoked_at.is_none()
     }
+
+    /// The secrets a callback sent at `now` is signed with: the current one, and the previous one
+    /// during its grace period.
+    pub fn signing_secrets(&self, now: OffsetDateTime) -> Vec<&str> {
+        let mut secrets = vec![self.callback_secret.as_str()];
+        if let (Some(previous), Some(until)) = (&self.previous_callback_secret, self.previous_callback_secret_until)
+            && now < until
+        {
+            secrets.push(previous);
+        }
+        secrets
+    }
+}
+
+fn new_callback_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("{}{}", crate::webhook::SECRET_PREFIX, STANDARD.encode(bytes))
+}
+
+/// Gives key `id` a new callback secret; the old one keeps signing (as a second signature) for
+/// `grace`. Returns the updated key, or `None` when there is no such key.
+pub async fn rotate_callback_secret(
+    store: &dyn KeyStore,
+    id: &str,
+    grace: std::time::Duration,
+    now: OffsetDateTime,
+) -> Result<Option<ApiKey>, StoreError> {
+    let Some(mut key) = store.get(id).await? else { return Ok(None) };
+    let old = std::mem::replace(&mut key.callback_secret, new_callback_secret());
+    key.previous_callback_secret = Some(old);
+    key.previous_callback_secret_until = Some(now + grace);
+    Ok(store.replace(&key).await?.then_some(key))
 }
 
 /// A freshly created key and its secret. The secret exists only here: print it once and drop it.
@@ -72,6 +110,8 @@ pub fn generate_key(name: &str, now: OffsetDateTime) -> NewKey {
             name: name.to_owned(),
             secret_hash: hash_secret(&secret),
             callback_secret: format!("whsec_{}", STANDARD.encode(hook_bytes)),
+            previous_callback_secret: None,
+            previous_callback_secret_until: None,
             created_at: now,
             revoked_at: None,
         },

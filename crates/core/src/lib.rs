@@ -5,6 +5,7 @@
 //! - [`task`]: the [`task::Task`] record and its state machine.
 //! - [`ports`]: storage and queue traits; [`generator`]: the diffusion engine trait.
 //! - [`submit`], [`worker`] and [`notify`]: the use cases; [`usage`]: metering and credits.
+pub mod egress;
 pub mod generator;
 pub mod keys;
 pub mod notify;
@@ -15,4 +16,5 @@ pub mod request;
 pub mod submit;
 pub mod task;
 pub mod usage;
+pub mod webhook;
 pub mod worker;

@@ -93,6 +93,10 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notice {
     pub task_id: TaskId,
+    /// Asked for by the caller (`POST /v1/tasks/{id}/callbacks/redeliver`): posted even when an
+    /// earlier attempt was delivered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub redelivery: bool,
 }
 
 /// A received message; `receipt` acknowledges or extends it.
@@ -131,12 +135,34 @@ pub trait ImageStore: Send + Sync {
     async fn url(&self, key: &str, ttl: Duration) -> Result<String, StoreError>;
 }
 
+/// Why an input image could not be fetched from the URL a caller gave.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    /// The URL breaks the SSRF rules (DESIGN.md §7); the message says which.
+    #[error("{0}")]
+    Refused(String),
+    /// The server could not be reached, answered an error, or sent too much.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Downloads a caller's input image from a URL, behind the SSRF guard.
+#[async_trait]
+pub trait ImageFetcher: Send + Sync {
+    async fn fetch(&self, url: &str) -> Result<Vec<u8>, FetchError>;
+}
+
 #[async_trait]
 pub trait KeyStore: Send + Sync {
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError>;
     /// The key whose secret hashes to `secret_hash`, revoked or not.
     async fn find_by_hash(&self, secret_hash: &str) -> Result<Option<ApiKey>, StoreError>;
     async fn list(&self) -> Result<Vec<ApiKey>, StoreError>;
+    /// The key with this id, revoked or not.
+    async fn get(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
+    /// Stores `key` over the key with its id and secret hash (its callback secrets change; the
+    /// secret never does). False when no such key exists.
+    async fn replace(&self, key: &ApiKey) -> Result<bool, StoreError>;
     /// Marks a key revoked. False when no such key exists.
     async fn revoke(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
 }

@@ -138,7 +138,18 @@ pub struct CallbackAttempt {
     /// Why the attempt failed, when it did (connection refused, timeout, non-2xx answer).
     #[serde(default)]
     pub error: Option<String>,
+    /// A stable word for the failure: `status` (a non-2xx answer), `refused` (the SSRF guard),
+    /// `dns`, `connect`, `timeout`, `redirect`, `too_large`, `request`, `signing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// The receiver's `Retry-After`, in seconds, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_secs: Option<u64>,
     pub duration_ms: u64,
+    /// No attempt follows this failed one: it was the last of the schedule (the notice went to the
+    /// dead-letter queue), or the receiver answered 410, or the URL or signing was refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gave_up: bool,
 }
 
 impl CallbackAttempt {

@@ -322,7 +322,7 @@ impl Worker {
             Some(task) => {
                 tracing::info!(%task_id, %status, generate_ms = ?task.timings.generate_ms, "task finished");
                 if task.callback_pending() {
-                    self.notices.send(&Notice { task_id }).await?;
+                    self.notices.send(&Notice { task_id, redelivery: false }).await?;
                 }
             }
             None => tracing::warn!(%task_id, "task was finished elsewhere meanwhile; result discarded"),
@@ -335,7 +335,7 @@ impl Worker {
             && task.status.is_terminal()
             && task.callback_pending()
         {
-            self.notices.send(&Notice { task_id }).await?;
+            self.notices.send(&Notice { task_id, redelivery: false }).await?;
         }
         Ok(())
     }

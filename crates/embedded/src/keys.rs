@@ -60,6 +60,28 @@ impl KeyStore for SqliteKeyStore {
         docs.iter().map(|d| decode(d)).collect()
     }
 
+    async fn get(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        let doc: Option<String> = self
+            .db
+            .lock()
+            .query_row("SELECT doc FROM api_keys WHERE id = ?1", params![id], |r| r.get(0))
+            .optional()
+            .map_err(sql_err("reading an API key"))?;
+        doc.map(|d| decode(&d)).transpose()
+    }
+
+    async fn replace(&self, key: &ApiKey) -> Result<bool, StoreError> {
+        let changed = self
+            .db
+            .lock()
+            .execute(
+                "UPDATE api_keys SET doc = ?3 WHERE id = ?1 AND secret_hash = ?2",
+                params![key.id, key.secret_hash, encode(key)?],
+            )
+            .map_err(sql_err("updating an API key"))?;
+        Ok(changed == 1)
+    }
+
     async fn revoke(&self, id: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
         let conn = self.db.lock();
         let doc: Option<String> = conn

@@ -35,6 +35,8 @@ pub struct EmbeddedOptions {
     pub public_base_url: String,
     /// A job received this many times without being acknowledged goes to the dead-letter queue.
     pub max_receives: u32,
+    /// The same for callback notices: the notifier's attempts (`RetrySchedule::attempts`).
+    pub notice_max_receives: u32,
 }
 
 /// All embedded adapters over one data folder.
@@ -81,7 +83,7 @@ impl EmbeddedBackend {
         Ok(EmbeddedBackend {
             tasks: Arc::new(SqliteTaskStore::new(db.clone())),
             jobs: Arc::new(SqliteQueue::new(db.clone(), JOBS_QUEUE, options.max_receives)),
-            notices: Arc::new(SqliteQueue::new(db.clone(), NOTICES_QUEUE, options.max_receives)),
+            notices: Arc::new(SqliteQueue::new(db.clone(), NOTICES_QUEUE, options.notice_max_receives)),
             images: Arc::new(FsImageStore::new(data_dir.join("objects"), &options.public_base_url, signing_key)),
             keys: Arc::new(SqliteKeyStore::new(db)),
             data_dir: data_dir.to_path_buf(),

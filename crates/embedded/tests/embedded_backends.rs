@@ -12,7 +12,15 @@ use easel_embedded::{EmbeddedBackend, EmbeddedOptions};
 use time::OffsetDateTime;
 
 fn open(dir: &std::path::Path, max_receives: u32) -> EmbeddedBackend {
-    EmbeddedBackend::open(dir, &EmbeddedOptions { public_base_url: "http://127.0.0.1:9".into(), max_receives }).unwrap()
+    EmbeddedBackend::open(
+        dir,
+        &EmbeddedOptions {
+            public_base_url: "http://127.0.0.1:9".into(),
+            max_receives,
+            notice_max_receives: max_receives,
+        },
+    )
+    .unwrap()
 }
 
 fn task(idempotency_key: Option<&str>) -> Task {

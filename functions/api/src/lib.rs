@@ -5,6 +5,7 @@ use std::time::Duration;
 use easel_api::models::{DEFAULT_ALIASES, ModelCatalog};
 use easel_api::{ApiSettings, AppState, RateLimit};
 use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig};
+use easel_callbacks::{Guard, HttpImageFetcher};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -21,6 +22,12 @@ pub struct Config {
     /// Per-key submissions a minute (`EASEL_RATE_LIMIT_PER_MINUTE`, default 0 = unlimited) and
     /// burst (`EASEL_RATE_LIMIT_BURST`, default the per-minute rate), per function instance.
     pub rate_limit: Option<RateLimit>,
+    /// Bound on downloading an input image given as a URL (`EASEL_IMAGE_FETCH_TIMEOUT_SECONDS`,
+    /// default 10).
+    pub image_fetch_timeout: Duration,
+    /// `EASEL_ALLOW_LOOPBACK_CALLBACKS` (default false): callback and image URLs may be plain
+    /// http to loopback; for tests only.
+    pub allow_loopback_urls: bool,
 }
 
 impl Config {
@@ -31,7 +38,7 @@ impl Config {
 
     pub fn from_lookup(lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut env = EnvReader::new();
-        let aws = AwsSettings::read(&mut env, lookup, Needs { jobs: true, notices: false });
+        let aws = AwsSettings::read(&mut env, lookup, Needs { jobs: true, notices: true });
         let ttl: u64 = env.parsed(lookup, "EASEL_URL_TTL_SECONDS", 3600, "a number of seconds");
         let sync_wait: u64 = env.parsed(lookup, "EASEL_SYNC_WAIT_SECONDS", 25, "a number of seconds");
         let setting = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
@@ -48,7 +55,10 @@ impl Config {
         let burst: u32 = env.parsed(lookup, "EASEL_RATE_LIMIT_BURST", per_minute, "a whole number");
         let rate_limit = (per_minute > 0).then_some(RateLimit { per_minute, burst });
         let (url_ttl, sync_wait) = (Duration::from_secs(ttl), Duration::from_secs(sync_wait));
-        env.finish(Config { aws, url_ttl, sync_wait, models, rate_limit })
+        let fetch: u64 = env.parsed(lookup, "EASEL_IMAGE_FETCH_TIMEOUT_SECONDS", 10, "a number of seconds");
+        let allow_loopback_urls = env.parsed(lookup, "EASEL_ALLOW_LOOPBACK_CALLBACKS", false, "true or false");
+        let image_fetch_timeout = Duration::from_secs(fetch.max(1));
+        env.finish(Config { aws, url_ttl, sync_wait, models, rate_limit, image_fetch_timeout, allow_loopback_urls })
     }
 }
 
@@ -60,6 +70,18 @@ pub fn app(config: &Config, sdk: &SdkConfig) -> axum::Router {
         sync_wait: config.sync_wait,
         models: config.models.clone(),
         rate_limit: config.rate_limit,
+        allow_loopback_urls: config.allow_loopback_urls,
+        image_fetcher: Some(std::sync::Arc::new(HttpImageFetcher::new(
+            Guard::new(config.image_fetch_timeout, easel_api::body::MAX_IMAGE_BODY_BYTES)
+                .allow_loopback(config.allow_loopback_urls),
+        ))),
     };
-    easel_api::router(AppState::new(backend.tasks, backend.jobs, backend.images, backend.keys, settings))
+    easel_api::router(AppState::new(
+        backend.tasks,
+        backend.jobs,
+        backend.notices,
+        backend.images,
+        backend.keys,
+        settings,
+    ))
 }

@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
-use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig};
+use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
+use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig, delivery_of};
 use easel_core::generator::Generator;
-use easel_core::ports::{Delivery, Job};
+use easel_core::ports::Job;
 use easel_core::worker::{JobOutcome, Worker, WorkerConfig};
 use easel_diffusion::{Device, OrtRuntime, Pipeline, PipelineOptions};
 use tokio::sync::watch;
@@ -116,14 +116,6 @@ impl JobHandler {
         }
         response
     }
-}
-
-/// An SQS event record as a [`Delivery`]: the decoded body, the receipt and the receive count.
-pub fn delivery_of<M: serde::de::DeserializeOwned>(record: &SqsMessage) -> Result<Delivery<M>, String> {
-    let body = record.body.as_deref().ok_or("the message has no body")?;
-    let message = serde_json::from_str(body).map_err(|e| format!("the body is not a valid message: {e}"))?;
-    let receive_count = record.attributes.get("ApproximateReceiveCount").and_then(|v| v.parse().ok()).unwrap_or(1);
-    Ok(Delivery { message, receipt: record.receipt_handle.clone().unwrap_or_default(), receive_count })
 }
 
 /// The long-running mode: loads the model, then receives and processes jobs until SIGTERM or

@@ -73,6 +73,8 @@ pub fn sqs_event(records: &[SqsRecord]) -> SqsEvent {
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body's bytes as sent (what the signature covers).
+    pub raw: Vec<u8>,
 }
 
 /// An HTTP server on 127.0.0.1 that records every POST and answers with a chosen status.
@@ -81,6 +83,22 @@ pub struct CallbackReceiver {
     pub url: String,
     received: Arc<Mutex<Vec<Received>>>,
     answer: Arc<Mutex<StatusCode>>,
+    script: Arc<Mutex<std::collections::VecDeque<Scripted>>>,
+}
+
+/// One scripted answer of a [`CallbackReceiver`]: a status, an optional `Retry-After` (seconds),
+/// and how long to wait before answering.
+#[derive(Debug, Clone, Copy)]
+pub struct Scripted {
+    pub status: StatusCode,
+    pub retry_after: Option<u64>,
+    pub delay: std::time::Duration,
+}
+
+impl Scripted {
+    pub fn status(status: StatusCode) -> Scripted {
+        Scripted { status, retry_after: None, delay: std::time::Duration::ZERO }
+    }
 }
 
 impl CallbackReceiver {
@@ -91,6 +109,7 @@ impl CallbackReceiver {
             url,
             received: Arc::new(Mutex::new(Vec::new())),
             answer: Arc::new(Mutex::new(StatusCode::NO_CONTENT)),
+            script: Arc::new(Mutex::new(std::collections::VecDeque::new())),
         };
         let app = axum::Router::new().route("/hooks/easel", axum::routing::post(record)).with_state(receiver.clone());
         tokio::spawn(async move {
@@ -104,13 +123,30 @@ impl CallbackReceiver {
         *self.answer.lock().unwrap() = status;
     }
 
+    /// The next callbacks get these answers, in order; later ones the status of [`answer_with`].
+    pub fn script(&self, answers: &[Scripted]) {
+        self.script.lock().unwrap().extend(answers.iter().copied());
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 }
 
-async fn record(State(r): State<CallbackReceiver>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn record(
+    State(r): State<CallbackReceiver>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let raw = body.to_vec();
     let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    r.received.lock().unwrap().push(Received { headers, body });
-    *r.answer.lock().unwrap()
+    r.received.lock().unwrap().push(Received { headers, body, raw });
+    let scripted = r.script.lock().unwrap().pop_front();
+    let answer = scripted.unwrap_or_else(|| Scripted::status(*r.answer.lock().unwrap()));
+    tokio::time::sleep(answer.delay).await;
+    match answer.retry_after {
+        Some(secs) => (answer.status, [(axum::http::header::RETRY_AFTER, secs.to_string())]).into_response(),
+        None => answer.status.into_response(),
+    }
 }

@@ -127,6 +127,8 @@ impl AwsEnv {
             ("AWS_ACCESS_KEY_ID", "test"),
             ("AWS_SECRET_ACCESS_KEY", "test"),
             ("AWS_EC2_METADATA_DISABLED", "true"),
+            // The tests' callback receivers listen on 127.0.0.1.
+            ("EASEL_ALLOW_LOOPBACK_CALLBACKS", "true"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
