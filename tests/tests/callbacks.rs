@@ -91,7 +91,7 @@ async fn a_hive_callback_is_signed_so_that_the_reference_verifier_accepts_it_and
     assert!(verdicts[2].starts_with("rejected"), "another key's secret must not verify: {verdicts:?}");
 
     // The delivery is on the task, without the receiver's body.
-    let (_, doc) = h.get_json(&format!("/v1/tasks/{}", task["id"].as_str().unwrap())).await;
+    let doc = wait_for_callback_status(&h, &task["id"], "delivered").await;
     let deliveries = doc["deliveries"].as_array().unwrap();
     assert_eq!(deliveries.len(), 1, "{doc}");
     assert_eq!(deliveries[0]["status"], 204);
@@ -253,7 +253,12 @@ async fn a_notifier_stopped_between_attempts_delivers_once_restarted_with_the_sa
     receiver.script(&[Scripted::status(axum::http::StatusCode::SERVICE_UNAVAILABLE)]);
     let (_, task) = h.hive_submit(&json!({"text_data": "x", "callback_url": receiver.url})).await;
     wait_for_callbacks(&receiver, 1).await;
-    // Killed: the server's tasks are aborted, nothing is shut down cleanly.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while task_doc(&h, &task["id"]).await["deliveries"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the first attempt was not recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Killed between attempts: the server's tasks are aborted, nothing is shut down cleanly.
     drop(h.server.take());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 1);
@@ -281,8 +286,13 @@ async fn a_delivered_callback_is_sent_again_on_request_with_the_same_webhook_id(
     assert_eq!(received[1].headers["webhook-id"], received[0].headers["webhook-id"]);
     assert_eq!(answer["webhook_id"], received[0].headers["webhook-id"].to_str().unwrap());
     assert_eq!(received[1].body["id"], task["id"]);
-    let doc = wait_for_callback_status(&h, &task["id"], "delivered").await;
-    assert_eq!(doc["deliveries"].as_array().unwrap().len(), 2, "{doc}");
+    // The receiver answers before the notifier records the attempt: wait for the record.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while task_doc(&h, &task["id"]).await["deliveries"].as_array().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "the redelivery was not recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(task_doc(&h, &task["id"]).await["callback_status"], "delivered");
 
     // A task without a callback URL, another key's task, an unknown id.
     let (_, plain) = h.hive_submit(&json!({"text_data": "x"})).await;
