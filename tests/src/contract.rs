@@ -126,6 +126,7 @@ fn succeeded(task: &Task) -> Completion {
         },
         warnings: vec!["prompt truncated".into()],
         generate_ms: 12,
+        moderation: easel_core::moderation::ModerationRecord { model: "none".into(), images: vec![] },
     }
 }
 
@@ -247,10 +248,10 @@ pub async fn a_key_is_charged_once_per_succeeded_task_by_day_and_never_for_a_fai
                 warnings: vec![],
             }
         } else {
-            let Completion::Succeeded { images: one, run, warnings, generate_ms } = succeeded(&task) else {
+            let Completion::Succeeded { images: one, run, warnings, generate_ms, moderation } = succeeded(&task) else {
                 unreachable!()
             };
-            Completion::Succeeded { images: vec![one[0].clone(); images], run, warnings, generate_ms }
+            Completion::Succeeded { images: vec![one[0].clone(); images], run, warnings, generate_ms, moderation }
         };
         p.tasks.complete(task.id, completion, at).await.unwrap().unwrap()
     };

@@ -63,6 +63,7 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         outbound: test_guard(true),
         callback_in_flight: Duration::from_secs(30),
         callback_schedule: easel_core::notify::RetrySchedule::default(),
+        moderator: Arc::new(easel_core::moderation::Unmoderated),
     }
 }
 

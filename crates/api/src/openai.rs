@@ -327,7 +327,10 @@ async fn run(
             Ok(pending_response(headers, task.id, body))
         }
         SyncOutcome::Finished(task) => {
-            finished(state, &task, parsed.response_format).await.map(|r| with_task_id(r, task.id))
+            // Errors name the task too: its document says what happened (moderation scores, the cause).
+            let response =
+                finished(state, &task, parsed.response_format).await.unwrap_or_else(IntoResponse::into_response);
+            Ok(with_task_id(response, task.id))
         }
     }
 }

@@ -522,6 +522,26 @@ pub(crate) struct TaskDocument {
     callback_status: Option<CallbackStatusDoc>,
     /// What the key was charged (succeeded tasks only).
     usage: Option<TaskUsageDoc>,
+    /// What image moderation found (succeeded and rejected tasks).
+    moderation: Option<TaskModerationDoc>,
+}
+
+/// The moderator and its verdict on each image.
+#[derive(ToSchema)]
+pub(crate) struct TaskModerationDoc {
+    /// `none` when the server has no image moderation configured.
+    model: String,
+    images: Vec<ImageModerationDoc>,
+}
+
+#[derive(ToSchema)]
+pub(crate) struct ImageModerationDoc {
+    index: u32,
+    flagged: bool,
+    /// The highest score per class.
+    scores: std::collections::BTreeMap<String, f64>,
+    /// The classes over their thresholds.
+    reasons: Vec<String>,
 }
 
 #[derive(ToSchema)]

@@ -194,7 +194,10 @@ pub async fn text_to_image(
                 json!({"code": -1, "message": pending_message(task.id), "data": {"task_id": task.id.to_string()}});
             Ok(pending_response(&headers, task.id, body))
         }
-        SyncOutcome::Finished(task) => finished(&state, &task).await.map(|r| with_task_id(r, task.id)),
+        // Errors name the task too: its document says what happened (moderation scores, the cause).
+        SyncOutcome::Finished(task) => {
+            Ok(with_task_id(finished(&state, &task).await.unwrap_or_else(IntoResponse::into_response), task.id))
+        }
     }
 }
 

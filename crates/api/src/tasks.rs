@@ -200,6 +200,7 @@ pub fn task_json(view: &TaskView) -> Value {
         "timings": t.timings,
         "deliveries": t.deliveries,
         "callback_status": callback_status(t),
+        "moderation": t.moderation,
         "usage": t.usage.map(|u| json!({"images": u.images, "credits": u.credits()})),
     })
 }

@@ -16,6 +16,7 @@ pub use easel_callbacks::Guard;
 use easel_callbacks::{HttpCallbackSender, HttpImageFetcher, MAX_CALLBACK_ANSWER_BYTES};
 use easel_core::generator::Generator;
 use easel_core::keys::create_key;
+use easel_core::moderation::Moderator;
 use easel_core::notify::{Notifier, RetrySchedule};
 use easel_core::ports::KeyStore;
 use easel_core::worker::{Worker, WorkerConfig};
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub callback_in_flight: Duration,
     /// When failed callbacks are tried again.
     pub callback_schedule: RetrySchedule,
+    /// Judges every generated image before it is stored.
+    pub moderator: Arc<dyn Moderator>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +159,7 @@ impl LocalServer {
                 backend.notices.clone(),
                 backend.images.clone(),
                 generator,
+                Arc::clone(&config.moderator),
                 config.worker.clone(),
             );
             let rx = rx.clone();

@@ -245,6 +245,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .allow_loopback(args.allow_loopback_callbacks),
         callback_in_flight: Duration::from_secs(60),
         callback_schedule: easel_core::notify::RetrySchedule::default(),
+        moderator: Arc::new(easel_core::moderation::Unmoderated),
     };
     let server = LocalServer::start(config, generator).await?;
     let addr = server.addr();

@@ -8,6 +8,7 @@
 pub mod egress;
 pub mod generator;
 pub mod keys;
+pub mod moderation;
 pub mod notify;
 pub mod png;
 pub mod ports;

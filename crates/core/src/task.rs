@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::moderation::ModerationRecord;
 use crate::request::{Dialect, GenerationRequest};
 use crate::usage::Usage;
 
@@ -213,6 +214,9 @@ pub struct Task {
     /// What the key was charged: set when the task succeeds, never otherwise.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// What image moderation found, per image (set when the task succeeded or was rejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moderation: Option<ModerationRecord>,
 }
 
 impl Task {
@@ -278,6 +282,7 @@ impl Task {
             timings: Timings::default(),
             deliveries: Vec::new(),
             usage: None,
+            moderation: None,
         }
     }
 }
@@ -298,8 +303,24 @@ impl Task {
 /// The terminal write a worker makes. Applied only while the task is `running`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Completion {
-    Succeeded { images: Vec<ImageRecord>, run: RunRecord, warnings: Vec<String>, generate_ms: u64 },
-    Failed { error: TaskError, run: Option<RunRecord>, warnings: Vec<String> },
+    Succeeded {
+        images: Vec<ImageRecord>,
+        run: RunRecord,
+        warnings: Vec<String>,
+        generate_ms: u64,
+        moderation: ModerationRecord,
+    },
+    /// Moderation flagged an image: none was stored, nothing is charged.
+    Rejected {
+        moderation: ModerationRecord,
+        run: RunRecord,
+        generate_ms: u64,
+    },
+    Failed {
+        error: TaskError,
+        run: Option<RunRecord>,
+        warnings: Vec<String>,
+    },
     Canceled,
 }
 
@@ -307,6 +328,7 @@ impl Completion {
     pub fn status(&self) -> TaskStatus {
         match self {
             Completion::Succeeded { .. } => TaskStatus::Succeeded,
+            Completion::Rejected { .. } => TaskStatus::Rejected,
             Completion::Failed { .. } => TaskStatus::Failed,
             Completion::Canceled => TaskStatus::Canceled,
         }
@@ -318,7 +340,8 @@ impl Completion {
         task.finished_at = Some(now);
         task.timings.total_ms = Some(millis_between(task.created_at, now));
         match self {
-            Completion::Succeeded { images, run, warnings, generate_ms } => {
+            Completion::Succeeded { images, run, warnings, generate_ms, moderation } => {
+                task.moderation = Some(moderation);
                 let count = u32::try_from(images.len()).unwrap_or(u32::MAX);
                 task.usage = Some(Usage::for_images(count, task.request.width, task.request.height, run.steps));
                 task.images = images;
@@ -326,6 +349,24 @@ impl Completion {
                 task.warnings.extend(warnings);
                 task.timings.generate_ms = Some(generate_ms);
                 task.error = None;
+            }
+            Completion::Rejected { moderation, run, generate_ms } => {
+                let flagged: Vec<String> = moderation
+                    .images
+                    .iter()
+                    .filter(|i| i.verdict.flagged)
+                    .map(|i| format!("image {}: {}", i.index, i.verdict.reasons.join(", ")))
+                    .collect();
+                task.error = Some(TaskError {
+                    code: "content_policy_violation".into(),
+                    message: format!(
+                        "the images did not pass moderation ({}); nothing was charged",
+                        flagged.join("; ")
+                    ),
+                });
+                task.moderation = Some(moderation);
+                task.run = Some(run);
+                task.timings.generate_ms = Some(generate_ms);
             }
             Completion::Failed { error, run, warnings } => {
                 task.error = Some(error);
@@ -363,8 +404,32 @@ mod tests {
             unet_calls: 30,
         };
         let mut failed = task.clone();
-        Completion::Succeeded { images: vec![image(0), image(1)], run, warnings: vec![], generate_ms: 1 }
-            .apply(&mut task, now);
+        let mut rejected = task.clone();
+        let moderation = ModerationRecord { model: "none".into(), images: vec![] };
+        Completion::Succeeded {
+            images: vec![image(0), image(1)],
+            run: run.clone(),
+            warnings: vec![],
+            generate_ms: 1,
+            moderation,
+        }
+        .apply(&mut task, now);
+        let verdict = crate::moderation::ImageVerdict {
+            flagged: true,
+            scores: Default::default(),
+            reasons: vec!["X over 0.5".into()],
+        };
+        let moderation = ModerationRecord {
+            model: "m".into(),
+            images: vec![crate::moderation::ImageModeration { index: 1, verdict }],
+        };
+        Completion::Rejected { moderation, run, generate_ms: 1 }.apply(&mut rejected, now);
+        assert_eq!((rejected.status, rejected.usage), (TaskStatus::Rejected, None));
+        assert!(
+            rejected.error.as_ref().is_some_and(|e| e.message.contains("image 1: X over 0.5")),
+            "{:?}",
+            rejected.error
+        );
         assert_eq!(task.usage, Some(Usage { images: 2, millicredits: 2 * 816 }));
         let error = TaskError { code: "c".into(), message: "m".into() };
         Completion::Failed { error, run: None, warnings: vec![] }.apply(&mut failed, now);

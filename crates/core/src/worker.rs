@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 
 use crate::generator::{GenerateError, Generation, GenerationSpec, Generator, ProgressSink};
+use crate::moderation::{ImageModeration, ModerationError, ModerationRecord, Moderator};
 use crate::png::encode_png;
 use crate::ports::{Claim, Delivery, ImageStore, Job, JobQueue, Notice, NoticeQueue, StoreError, TaskStore};
 use crate::request::GenerationRequest;
@@ -57,6 +58,7 @@ pub struct Worker {
     notices: Arc<NoticeQueue>,
     images: Arc<dyn ImageStore>,
     generator: Arc<dyn Generator>,
+    moderator: Arc<dyn Moderator>,
     config: WorkerConfig,
 }
 
@@ -96,9 +98,13 @@ impl Worker {
         notices: Arc<NoticeQueue>,
         images: Arc<dyn ImageStore>,
         generator: Arc<dyn Generator>,
+        moderator: Arc<dyn Moderator>,
         config: WorkerConfig,
     ) -> Self {
-        Worker { tasks, jobs, notices, images, generator, config }
+        if moderator.model_id() == "none" {
+            tracing::warn!("image moderation is not configured: generated images are stored without being judged");
+        }
+        Worker { tasks, jobs, notices, images, generator, moderator, config }
     }
 
     pub fn config(&self) -> &WorkerConfig {
@@ -284,7 +290,25 @@ impl Worker {
         let generate_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
 
         let completion = match result {
-            Ok(generation) => self.store_images(&task, generation, run, generate_ms).await?,
+            Ok(mut generation) => match self.moderate(&mut generation).await {
+                Ok(moderation) if moderation.flagged() => {
+                    tracing::info!(task_id = %task.id, model = %moderation.model, "moderation rejected the images; none is stored");
+                    Completion::Rejected { moderation, run, generate_ms }
+                }
+                Ok(moderation) => self.store_images(&task, generation, run, generate_ms, moderation).await?,
+                Err(err) => {
+                    tracing::error!(task_id = %task.id, error = %err, "image moderation failed; the images are dropped");
+                    Completion::Failed {
+                        error: TaskError {
+                            code: "moderation_failed".into(),
+                            message: "the images could not be moderated, so none is returned; nothing was charged"
+                                .into(),
+                        },
+                        run: Some(run),
+                        warnings: vec![],
+                    }
+                }
+            },
             Err(GenerateError::InvalidRequest(message)) => Completion::Failed {
                 error: TaskError { code: "invalid_request".into(), message },
                 run: Some(run),
@@ -420,12 +444,34 @@ impl Worker {
         }
     }
 
+    /// Judges every image of `generation`, off the async threads, before anything is stored.
+    async fn moderate(&self, generation: &mut Generation) -> Result<ModerationRecord, ModerationError> {
+        let moderator = Arc::clone(&self.moderator);
+        let images = std::mem::take(&mut generation.images);
+        let (images, verdicts) = tokio::task::spawn_blocking(move || {
+            let verdicts = images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| {
+                    let index = u32::try_from(i).unwrap_or(u32::MAX);
+                    moderator.moderate(image).map(|verdict| ImageModeration { index, verdict })
+                })
+                .collect::<Result<Vec<_>, _>>();
+            (images, verdicts)
+        })
+        .await
+        .map_err(|e| ModerationError(format!("the moderation thread stopped: {e}")))?;
+        generation.images = images;
+        Ok(ModerationRecord { model: self.moderator.model_id().to_owned(), images: verdicts? })
+    }
+
     async fn store_images(
         &self,
         task: &Task,
         generation: Generation,
         mut run: RunRecord,
         generate_ms: u64,
+        moderation: ModerationRecord,
     ) -> Result<Completion, StoreError> {
         run.unet_calls = generation.unet_calls;
         let mut records = Vec::with_capacity(generation.images.len());
@@ -441,7 +487,7 @@ impl Worker {
             self.images.put_png(&key, png).await?;
             records.push(ImageRecord { index, key, width, height, seed, bytes });
         }
-        Ok(Completion::Succeeded { images: records, run, warnings: generation.warnings, generate_ms })
+        Ok(Completion::Succeeded { images: records, run, warnings: generation.warnings, generate_ms, moderation })
     }
 }
 

@@ -80,7 +80,15 @@ pub fn load_generator(
 
 pub fn worker(config: &Config, sdk: &SdkConfig, generator: Arc<dyn Generator>) -> Worker {
     let backend = AwsBackend::new(sdk, &config.aws);
-    Worker::new(backend.tasks, backend.jobs, backend.notices, backend.images, generator, config.worker.clone())
+    Worker::new(
+        backend.tasks,
+        backend.jobs,
+        backend.notices,
+        backend.images,
+        generator,
+        Arc::new(easel_core::moderation::Unmoderated),
+        config.worker.clone(),
+    )
 }
 
 /// The Lambda handler: one SQS batch of jobs.
