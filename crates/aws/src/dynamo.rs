@@ -541,16 +541,21 @@ impl DynamoKeyStore {
     }
 }
 
+/// A key's item: addressed by its secret's hash, listed in the keys partition of the index.
+fn key_item(key: &ApiKey) -> Result<Item, StoreError> {
+    serde_dynamo::to_item(KeyItem {
+        pk: key_pk(&key.secret_hash),
+        gsi1pk: KEYS_PARTITION.to_owned(),
+        gsi1sk: key.id.clone(),
+        key: key.clone(),
+    })
+    .map_err(corrupt("API key item"))
+}
+
 #[async_trait]
 impl KeyStore for DynamoKeyStore {
     async fn insert(&self, key: &ApiKey) -> Result<(), StoreError> {
-        let item = serde_dynamo::to_item(KeyItem {
-            pk: key_pk(&key.secret_hash),
-            gsi1pk: KEYS_PARTITION.to_owned(),
-            gsi1sk: key.id.clone(),
-            key: key.clone(),
-        })
-        .map_err(corrupt("API key item"))?;
+        let item = key_item(key)?;
         self.client
             .put_item()
             .table_name(&self.table)
@@ -581,13 +586,7 @@ impl KeyStore for DynamoKeyStore {
     }
 
     async fn replace(&self, key: &ApiKey) -> Result<bool, StoreError> {
-        let item = serde_dynamo::to_item(KeyItem {
-            pk: key_pk(&key.secret_hash),
-            gsi1pk: KEYS_PARTITION.to_owned(),
-            gsi1sk: key.id.clone(),
-            key: key.clone(),
-        })
-        .map_err(corrupt("API key item"))?;
+        let item = key_item(key)?;
         let result = self
             .client
             .put_item()
