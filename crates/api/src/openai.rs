@@ -340,23 +340,9 @@ async fn run(
 #[utoipa::path(
     post, path = "/v1/images/edits", tag = "openai", operation_id = "create_image_edit",
     security(("bearer" = [])),
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$"),
-        ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once instead of waiting."),
-    ),
+    params(crate::openapi::SyncHeaders),
     request_body(content = crate::openapi::OpenaiEditForm, content_type = "multipart/form-data"),
-    responses(
-        (status = 200, description = "The images.", body = crate::openapi::ImagesResponse, headers(("X-Easel-Task-Id" = String, description = "The task behind the answer"))),
-        (status = 202, description = "Still running after the wait: `code: task_pending`, with its `task_id`.", body = crate::openapi::OpenaiError, headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String))),
-        (status = 400, description = "A field is wrong (the error names it), or moderation refused the image.", body = crate::openapi::OpenaiError),
-        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::OpenaiError),
-        (status = 404, description = "Unknown model.", body = crate::openapi::OpenaiError),
-        (status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.", body = crate::openapi::OpenaiError),
-        (status = 413, description = "The body is too large.", body = crate::openapi::OpenaiError),
-        (status = 429, description = "The key's rate limit.", body = crate::openapi::OpenaiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "The generation failed; nothing was charged.", body = crate::openapi::OpenaiError),
-        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::OpenaiError),
-    )
+    responses(crate::openapi::OpenaiImageResponses)
 )]
 pub async fn edits(
     State(state): State<AppState>,
@@ -408,23 +394,9 @@ pub async fn edits(
 #[utoipa::path(
     post, path = "/v1/images/generations", tag = "openai", operation_id = "create_image",
     security(("bearer" = [])),
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$"),
-        ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once instead of waiting."),
-    ),
+    params(crate::openapi::SyncHeaders),
     request_body = crate::openapi::OpenaiImagesRequest,
-    responses(
-        (status = 200, description = "The images.", body = crate::openapi::ImagesResponse, headers(("X-Easel-Task-Id" = String, description = "The task behind the answer"))),
-        (status = 202, description = "Still running after the wait: `code: task_pending`, with its `task_id`.", body = crate::openapi::OpenaiError, headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String))),
-        (status = 400, description = "A field is wrong (the error names it), or moderation refused the image.", body = crate::openapi::OpenaiError),
-        (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::OpenaiError),
-        (status = 404, description = "Unknown model.", body = crate::openapi::OpenaiError),
-        (status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.", body = crate::openapi::OpenaiError),
-        (status = 413, description = "The body is too large.", body = crate::openapi::OpenaiError),
-        (status = 429, description = "The key's rate limit.", body = crate::openapi::OpenaiError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
-        (status = 500, description = "The generation failed; nothing was charged.", body = crate::openapi::OpenaiError),
-        (status = 503, description = "A backend is unavailable; retry.", body = crate::openapi::OpenaiError),
-    )
+    responses(crate::openapi::OpenaiImageResponses)
 )]
 pub async fn generations(
     State(state): State<AppState>,

@@ -14,7 +14,7 @@
 
 use serde_json::{Value, json};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{IntoParams, IntoResponses, Modify, OpenApi, ToSchema};
 
 use crate::models::ModelCatalog;
 
@@ -42,6 +42,8 @@ Every task, whatever its dialect, can be read and canceled at /v1/tasks/{id}.",
         crate::healthz,
         crate::openapi_json,
     ),
+    // The bodies of `IntoResponses` types are not collected from the paths.
+    components(schemas(ImagesResponse, ImageData)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "hive", description = "Hive-style asynchronous tasks (`authorization: Token <key>`)."),
@@ -130,6 +132,45 @@ fn set_enum(doc: &mut Value, schema: &str, property: &str, values: &[Value]) {
         }
         prop["enum"] = Value::Array(values);
     }
+}
+
+// ---- shared by the submit routes ----
+
+/// The headers every synchronous submission takes.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+pub(crate) struct SyncHeaders {
+    /// The same key with the same body returns the same task; with another body, 409.
+    #[param(rename = "Idempotency-Key", pattern = "^[!-~]{1,255}$")]
+    idempotency_key: Option<String>,
+    /// `respond-async` answers 202 at once instead of waiting.
+    #[param(rename = "Prefer")]
+    prefer: Option<String>,
+}
+
+/// The answers of OpenAI's generations and edits.
+#[derive(IntoResponses)]
+pub(crate) enum OpenaiImageResponses {
+    #[response(status = 200, description = "The images.", headers(("X-Easel-Task-Id" = String, description = "The task behind the answer")))]
+    Images(ImagesResponse),
+    #[response(status = 202, description = "Still running after the wait: `code: task_pending`, with its `task_id`.", headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String)))]
+    Pending(OpenaiError),
+    #[response(status = 400, description = "A field is wrong (the error names it), or moderation refused the image.")]
+    Invalid(OpenaiError),
+    #[response(status = 401, description = "Missing, unknown or revoked key.")]
+    Unauthorized(OpenaiError),
+    #[response(status = 404, description = "Unknown model.")]
+    UnknownModel(OpenaiError),
+    #[response(status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.")]
+    Conflict(OpenaiError),
+    #[response(status = 413, description = "The body is too large.")]
+    TooLarge(OpenaiError),
+    #[response(status = 429, description = "The key's rate limit.", headers(("Retry-After" = u64, description = "Seconds to wait")))]
+    RateLimited(OpenaiError),
+    #[response(status = 500, description = "The generation failed; nothing was charged.")]
+    GenerationFailed(OpenaiError),
+    #[response(status = 503, description = "A backend is unavailable; retry.")]
+    Unavailable(OpenaiError),
 }
 
 // ---- Hive ----

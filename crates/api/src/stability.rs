@@ -148,10 +148,7 @@ pub fn parse(body: &Map<String, Value>) -> Result<BasicRequest, InputError> {
 #[utoipa::path(
     post, path = "/api/generate/basic/textToImage", tag = "basic", operation_id = "basic_text_to_image",
     security(("basic_key" = [])),
-    params(
-        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same body returns the same task; with another body, 409.", pattern = "^[!-~]{1,255}$"),
-        ("Prefer" = Option<String>, Header, description = "`respond-async` answers 202 at once instead of waiting."),
-    ),
+    params(crate::openapi::SyncHeaders),
     request_body = crate::openapi::BasicRequest,
     responses(
         (status = 200, description = "The images.", body = crate::openapi::BasicResponse, headers(("X-Easel-Task-Id" = String, description = "The task behind the answer"))),

@@ -219,6 +219,8 @@ impl Guard {
         Ok(Checked { url, addrs })
     }
 
+    /// A client pinned to the checked addresses. One per request: reqwest pins names per client,
+    /// and a callback or an image download is not a hot path (it costs about a millisecond).
     fn client_for(&self, checked: &Checked) -> Result<reqwest::Client, Failure> {
         if let Some(&ip) = checked.addrs.iter().find(|ip| !(self.egress)(**ip)) {
             return Err(Failure::Egress(ip));
