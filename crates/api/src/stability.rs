@@ -155,7 +155,6 @@ pub fn parse(body: &Map<String, Value>) -> Result<BasicRequest, InputError> {
         (status = 202, description = "Still running after the wait: `data.task_id` names it.", body = crate::openapi::BasicError, headers(("Location" = String, description = "/v1/tasks/{id}"), ("X-Easel-Task-Id" = String))),
         (status = 400, description = "A field is wrong (the error names it), or moderation refused the image.", body = crate::openapi::BasicError),
         (status = 401, description = "Missing, unknown or revoked key.", body = crate::openapi::BasicError),
-        (status = 404, description = "Unknown model.", body = crate::openapi::BasicError),
         (status = 409, description = "The Idempotency-Key was used with another body, or the task was canceled.", body = crate::openapi::BasicError),
         (status = 413, description = "The body is too large.", body = crate::openapi::BasicError),
         (status = 429, description = "The key's rate limit.", body = crate::openapi::BasicError, headers(("Retry-After" = u64, description = "Seconds to wait"))),
