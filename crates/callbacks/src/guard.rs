@@ -89,11 +89,6 @@ impl Failure {
             Failure::Request(_) => "request",
         }
     }
-
-    /// Refused by the guard's rules: trying again cannot help.
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, Failure::Refused(_) | Failure::Egress(_))
-    }
 }
 
 /// An answer that arrived: its status, headers and (capped) body.
@@ -175,10 +170,6 @@ impl Guard {
         self
     }
 
-    pub fn deadline(&self) -> Duration {
-        self.deadline
-    }
-
     pub fn allows_loopback(&self) -> bool {
         self.allow_loopback_http
     }
@@ -189,15 +180,10 @@ impl Guard {
         self
     }
 
-    /// The rules that need no network (scheme, credentials, a literal address).
-    pub fn check_static(&self, raw: &str) -> Result<Url, Failure> {
-        Ok(check_url(raw, self.allow_loopback_http)?)
-    }
-
     /// All the rules, resolving the host once: the addresses returned are the only ones a request
     /// to this URL may connect to.
     pub async fn check(&self, raw: &str) -> Result<Checked, Failure> {
-        let url = self.check_static(raw)?;
+        let url = check_url(raw, self.allow_loopback_http)?;
         let addrs = match url.host() {
             Some(Host::Ipv4(v4)) => vec![IpAddr::V4(v4)],
             Some(Host::Ipv6(v6)) => vec![IpAddr::V6(v6)],
