@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use easel_cli::local::{DevKey, LocalServer, ServeConfig};
 use easel_core::generator::Generator;
+use easel_core::moderation::Moderator;
 use easel_core::worker::WorkerConfig;
-use easel_diffusion::{OrtRuntime, Pipeline, PipelineOptions};
+use easel_diffusion::{NudeNetModerator, OrtRuntime, Pipeline, PipelineOptions};
 use serde_json::Value;
 
 pub use easel_testkit::workspace_root;
@@ -30,6 +31,31 @@ pub fn tiny_model() -> Arc<dyn Generator> {
         Arc::new(Pipeline::load(runtime, &tiny_model_dir(), &PipelineOptions::default()).unwrap())
     });
     pipeline.clone()
+}
+
+/// The moderation model `make setup` installs, or `EASEL_MODERATION_MODEL`.
+pub fn moderation_model() -> PathBuf {
+    std::env::var_os("EASEL_MODERATION_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".easel/models/nudenet/320n.onnx"))
+}
+
+/// NudeNet under `policy`, a session of its own.
+pub fn nudenet_with(policy: easel_core::moderation::ClassThresholds) -> Arc<dyn Moderator> {
+    tiny_model(); // initialises ONNX Runtime
+    let runtime = OrtRuntime::get().unwrap();
+    Arc::new(NudeNetModerator::load(runtime, &moderation_model(), policy).unwrap_or_else(|e| {
+        panic!(
+            "the moderation model cannot be loaded ({e}: {:?}); run `make setup` first",
+            std::error::Error::source(&e)
+        )
+    }))
+}
+
+/// NudeNet under the default policy, loaded once per test binary: the test servers' moderator.
+pub fn nudenet() -> Arc<dyn Moderator> {
+    static MODERATOR: OnceLock<Arc<dyn Moderator>> = OnceLock::new();
+    MODERATOR.get_or_init(|| nudenet_with(easel_core::moderation::ClassThresholds::nudenet_default())).clone()
 }
 
 /// A local server on its own data folder.
@@ -63,7 +89,8 @@ pub fn serve_config(data_dir: &Path) -> ServeConfig {
         outbound: test_guard(true),
         callback_in_flight: Duration::from_secs(30),
         callback_schedule: easel_core::notify::RetrySchedule::default(),
-        moderator: Arc::new(easel_core::moderation::Unmoderated),
+        moderator: nudenet(),
+        prompt_policy: Arc::new(easel_core::prompt_policy::PromptPolicy::default()),
     }
 }
 

@@ -51,11 +51,20 @@ async fn drain(env: &AwsEnv, url: &str) -> Vec<SqsRecord> {
         .collect()
 }
 
+/// The worker's engines as the function loads them: the tiny model and NudeNet.
+fn engines() -> easel_fn_worker::Engines {
+    easel_fn_worker::Engines { generator: tiny_model(), moderator: easel_tests::nudenet() }
+}
+
 fn worker_handler(env: &AwsEnv, sdk: &easel_aws::SdkConfig) -> easel_fn_worker::JobHandler {
     let model = tiny_model_dir();
-    let config =
-        easel_fn_worker::Config::from_lookup(&lookup(env, &[("EASEL_MODEL_DIR", model.to_str().unwrap())])).unwrap();
-    easel_fn_worker::JobHandler::new(easel_fn_worker::worker(&config, sdk, tiny_model()))
+    let moderation = easel_tests::moderation_model().to_string_lossy().into_owned();
+    let config = easel_fn_worker::Config::from_lookup(&lookup(
+        env,
+        &[("EASEL_MODEL_DIR", model.to_str().unwrap()), ("EASEL_MODERATION_MODEL", &moderation)],
+    ))
+    .unwrap();
+    easel_fn_worker::JobHandler::new(easel_fn_worker::worker(&config, sdk, engines()))
 }
 
 fn notifier_handler(env: &AwsEnv) -> easel_fn_notifier::NoticeHandler {
@@ -168,10 +177,14 @@ async fn the_worker_lists_only_transient_failures_and_fails_a_task_on_its_last_r
     let mut broken = env.settings.clone();
     broken.bucket = format!("{}-missing", broken.bucket);
     let model = tiny_model_dir();
-    let mut config =
-        easel_fn_worker::Config::from_lookup(&lookup(&env, &[("EASEL_MODEL_DIR", model.to_str().unwrap())])).unwrap();
+    let moderation = easel_tests::moderation_model().to_string_lossy().into_owned();
+    let mut config = easel_fn_worker::Config::from_lookup(&lookup(
+        &env,
+        &[("EASEL_MODEL_DIR", model.to_str().unwrap()), ("EASEL_MODERATION_MODEL", &moderation)],
+    ))
+    .unwrap();
     config.aws = broken;
-    let handler = easel_fn_worker::JobHandler::new(easel_fn_worker::worker(&config, &env.sdk, tiny_model()));
+    let handler = easel_fn_worker::JobHandler::new(easel_fn_worker::worker(&config, &env.sdk, engines()));
 
     let job = |t: &Task| json!({"task_id": t.id}).to_string();
     let batch = sqs_event(&[
@@ -254,7 +267,14 @@ async fn the_notifier_retries_a_refused_callback_and_records_every_attempt() {
 #[test]
 fn a_function_missing_its_settings_names_every_missing_variable() {
     let err = easel_fn_worker::Config::from_lookup(&|_| None).unwrap_err().to_string();
-    for name in ["EASEL_TABLE", "EASEL_JOBS_QUEUE_URL", "EASEL_NOTICES_QUEUE_URL", "EASEL_BUCKET", "EASEL_MODEL_DIR"] {
+    for name in [
+        "EASEL_TABLE",
+        "EASEL_JOBS_QUEUE_URL",
+        "EASEL_NOTICES_QUEUE_URL",
+        "EASEL_BUCKET",
+        "EASEL_MODEL_DIR",
+        "EASEL_MODERATION_MODEL",
+    ] {
         assert!(err.contains(name), "{err}");
     }
     let err = easel_fn_api::Config::from_lookup(&|name| (name == "EASEL_RETENTION_DAYS").then(|| "soon".into()))

@@ -27,7 +27,12 @@ impl Moderator for FlagEveryImage {
     fn moderate(&self, image: &GeneratedImage) -> Result<ImageVerdict, ModerationError> {
         assert!(!image.rgb.is_empty(), "the moderator sees the pixels");
         let scores = BTreeMap::from([("FEMALE_BREAST_EXPOSED".to_owned(), 0.91), ("FACE_FEMALE".to_owned(), 0.4)]);
-        Ok(ImageVerdict { flagged: true, scores, reasons: vec!["FEMALE_BREAST_EXPOSED 0.91 ≥ 0.50".into()] })
+        Ok(ImageVerdict {
+            flagged: true,
+            scores,
+            reasons: vec!["FEMALE_BREAST_EXPOSED 0.91 ≥ 0.50".into()],
+            detections: vec![],
+        })
     }
 }
 

@@ -124,6 +124,7 @@ pub async fn submit(
     state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse_submit(&body)?;
+    state.check_prompt(&parsed.request)?;
     let task = new_task(
         &key,
         Dialect::Hive,

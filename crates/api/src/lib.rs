@@ -24,6 +24,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use easel_core::keys::ApiKey;
 use easel_core::ports::{ImageStore, JobQueue, KeyStore, NoticeQueue, StoreError, TaskStore};
+use easel_core::prompt_policy::{PromptPolicy, PromptRefusal};
 use easel_core::request::Dialect;
 use easel_core::submit::{SubmitError, Submitted, Submitter};
 pub use easel_core::task::TaskView;
@@ -51,6 +52,8 @@ pub struct ApiSettings {
     pub allow_loopback_urls: bool,
     /// Downloads input images given as URLs; `None` refuses image URLs.
     pub image_fetcher: Option<Arc<dyn easel_core::ports::ImageFetcher>>,
+    /// The prompt policy every submission passes before anything is stored or queued.
+    pub prompt_policy: Arc<PromptPolicy>,
 }
 
 impl std::fmt::Debug for ApiSettings {
@@ -62,6 +65,7 @@ impl std::fmt::Debug for ApiSettings {
             .field("rate_limit", &self.rate_limit)
             .field("allow_loopback_urls", &self.allow_loopback_urls)
             .field("image_fetcher", &self.image_fetcher.is_some())
+            .field("prompt_policies", &self.prompt_policy.names().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -91,6 +95,7 @@ pub struct AppState {
     limiter: Option<Arc<KeyedLimiter>>,
     pub allow_loopback_urls: bool,
     pub image_fetcher: Option<Arc<dyn easel_core::ports::ImageFetcher>>,
+    prompt_policy: Arc<PromptPolicy>,
     /// The OpenAPI document, built once with this server's models.
     openapi: Arc<serde_json::Value>,
 }
@@ -121,6 +126,7 @@ impl AppState {
             openapi,
             allow_loopback_urls: settings.allow_loopback_urls,
             image_fetcher: settings.image_fetcher.clone(),
+            prompt_policy: Arc::clone(&settings.prompt_policy),
             tasks,
             images,
             keys,
@@ -147,6 +153,11 @@ impl AppState {
         })
     }
 
+    /// The prompt policy's verdict on a parsed request: call it before storing anything.
+    pub fn check_prompt(&self, request: &easel_core::request::GenerationRequest) -> Result<(), ServiceError> {
+        self.prompt_policy.check(request).map_err(ServiceError::PromptRefused)
+    }
+
     async fn submit(&self, task: Task) -> Result<Submitted, ServiceError> {
         self.submitter.submit(task).await.map_err(|e| match e {
             SubmitError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
@@ -168,6 +179,8 @@ pub enum ServiceError {
     Auth(#[source] AuthFailure),
     #[error("too many requests for this API key; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
+    #[error(transparent)]
+    PromptRefused(PromptRefusal),
 }
 
 impl From<AuthFailure> for ServiceError {
@@ -183,6 +196,7 @@ impl ServiceError {
             ServiceError::IdempotencyKeyReused => StatusCode::CONFLICT,
             ServiceError::Store(_) | ServiceError::Auth(_) => StatusCode::SERVICE_UNAVAILABLE,
             ServiceError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::PromptRefused(_) => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -132,9 +132,20 @@ impl From<ServiceError> for OpenaiError {
             ServiceError::IdempotencyKeyReused => ("invalid_request_error", "idempotency_key_reused"),
             ServiceError::Store(_) | ServiceError::Auth(_) => ("server_error", "service_unavailable"),
             ServiceError::RateLimited { .. } => ("requests", "rate_limit_exceeded"),
+            ServiceError::PromptRefused(_) => ("invalid_request_error", "content_policy_violation"),
+        };
+        let param = match &e {
+            ServiceError::PromptRefused(refusal) => Some(
+                match refusal.field {
+                    easel_core::prompt_policy::PromptField::Prompt => "prompt",
+                    easel_core::prompt_policy::PromptField::NegativePrompt => "negative_prompt",
+                }
+                .to_owned(),
+            ),
+            _ => None,
         };
         let retry_after = e.retry_after();
-        OpenaiError { status, message: e.public_message(), kind, param: None, code: Some(code), retry_after }
+        OpenaiError { status, message: e.public_message(), kind, param, code: Some(code), retry_after }
     }
 }
 
@@ -303,6 +314,7 @@ async fn run(
     body: &Map<String, Value>,
     parsed: ImagesRequest,
 ) -> Result<Response, OpenaiError> {
+    state.check_prompt(&parsed.request)?;
     let mut task = new_task(
         key,
         Dialect::Openai,

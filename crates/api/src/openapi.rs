@@ -570,7 +570,7 @@ pub(crate) struct TaskDocument {
 /// The moderator and its verdict on each image.
 #[derive(ToSchema)]
 pub(crate) struct TaskModerationDoc {
-    /// `none` when the server has no image moderation configured.
+    /// The detector and its file's digest, e.g. `nudenet:320n@c15d8273`.
     model: String,
     images: Vec<ImageModerationDoc>,
 }
@@ -579,10 +579,22 @@ pub(crate) struct TaskModerationDoc {
 pub(crate) struct ImageModerationDoc {
     index: u32,
     flagged: bool,
-    /// The highest score per class.
+    /// The highest score per class anywhere in the image (every class the model knows).
     scores: std::collections::BTreeMap<String, f64>,
     /// The classes over their thresholds.
     reasons: Vec<String>,
+    /// The detector's own detections (omitted when it found nothing).
+    detections: Option<Vec<DetectionDoc>>,
+}
+
+/// One object the detector found.
+#[derive(ToSchema)]
+pub(crate) struct DetectionDoc {
+    class: String,
+    score: f64,
+    /// `[x, y, width, height]` in the image's pixels, from its top-left corner.
+    #[schema(rename = "box")]
+    bbox: [i32; 4],
 }
 
 #[derive(ToSchema)]

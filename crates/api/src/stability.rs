@@ -171,6 +171,7 @@ pub async fn text_to_image(
     state.check_rate(&key)?;
     let body = json_object(body)?;
     let parsed = parse(&body)?;
+    state.check_prompt(&parsed.request)?;
     let mut task = new_task(
         &key,
         Dialect::Stability,

@@ -53,6 +53,7 @@ impl From<ServiceError> for NeutralError {
             ServiceError::IdempotencyKeyReused => "idempotency_key_reused",
             ServiceError::Store(_) | ServiceError::Auth(_) => "unavailable",
             ServiceError::RateLimited { .. } => "rate_limited",
+            ServiceError::PromptRefused(_) => "prompt_refused",
         };
         NeutralError { status: e.status(), code, message: e.public_message() }
     }

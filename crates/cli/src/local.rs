@@ -19,6 +19,7 @@ use easel_core::keys::create_key;
 use easel_core::moderation::Moderator;
 use easel_core::notify::{Notifier, RetrySchedule};
 use easel_core::ports::KeyStore;
+use easel_core::prompt_policy::PromptPolicy;
 use easel_core::worker::{Worker, WorkerConfig};
 use easel_embedded::{EmbeddedBackend, EmbeddedOptions, FileAccessError, FsImageStore, OpenError, OwnerLock};
 use time::OffsetDateTime;
@@ -53,6 +54,8 @@ pub struct ServeConfig {
     pub callback_schedule: RetrySchedule,
     /// Judges every generated image before it is stored.
     pub moderator: Arc<dyn Moderator>,
+    /// Refuses prompts before anything is stored or queued.
+    pub prompt_policy: Arc<PromptPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,7 @@ impl LocalServer {
             rate_limit: config.rate_limit,
             allow_loopback_urls: config.outbound.allows_loopback(),
             image_fetcher: Some(Arc::new(HttpImageFetcher::new(fetch_guard))),
+            prompt_policy: Arc::clone(&config.prompt_policy),
         };
         let state = AppState::new(
             backend.tasks.clone(),

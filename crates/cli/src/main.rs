@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use easel_cli::local::{DevKey, LocalServer, ServeConfig};
-use easel_cli::runtime::load_pipeline;
+use easel_cli::runtime::{load_moderator, load_pipeline};
 use easel_core::generator::{GenerationSpec, Generator, ProgressSink};
 use easel_core::keys::create_key;
 use easel_core::png::encode_png;
@@ -109,6 +109,22 @@ struct ServeArgs {
     /// Where the model runs: cpu, cuda or cuda:N (needs an ONNX Runtime with CUDA).
     #[arg(long, env = "EASEL_DEVICE", default_value = "cpu")]
     device: easel_diffusion::Device,
+    /// The image moderation model: NudeNet's 320n.onnx, which `make setup` installs (AGPL-3.0),
+    /// or another NudeNet-compatible YOLOv8 export. Required: images are never served unjudged.
+    #[arg(long, env = "EASEL_MODERATION_MODEL", default_value = ".easel/models/nudenet/320n.onnx")]
+    moderation_model: PathBuf,
+    /// Which detector classes flag an image, from which score: CLASS=SCORE,…
+    /// [default: ANUS_EXPOSED=0.35,BUTTOCKS_EXPOSED=0.45,FEMALE_BREAST_EXPOSED=0.45,
+    /// FEMALE_GENITALIA_EXPOSED=0.35,MALE_GENITALIA_EXPOSED=0.35]
+    #[arg(long, env = "EASEL_MODERATION_THRESHOLDS", value_parser = easel_core::moderation::ClassThresholds::parse)]
+    moderation_thresholds: Option<easel_core::moderation::ClassThresholds>,
+    /// The prompt policy: `default` (the built-in lists), `off`, or a policy file's path
+    /// (format: crates/core/data/prompt-policy.txt).
+    #[arg(long, env = "EASEL_PROMPT_POLICY", default_value = "default")]
+    prompt_policy: String,
+    /// Check negative prompts against the prompt policy too.
+    #[arg(long, env = "EASEL_PROMPT_POLICY_NEGATIVE", default_value_t = false)]
+    prompt_policy_negative: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,12 +236,25 @@ async fn main() -> std::process::ExitCode {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    let generator: Option<Arc<dyn Generator>> = if args.no_worker {
-        None
+    let prompt_policy = easel_core::prompt_policy::PromptPolicy::from_setting(&args.prompt_policy)
+        .map_err(|e| anyhow::anyhow!("EASEL_PROMPT_POLICY / --prompt-policy: {e}"))?
+        .checking_negative(args.prompt_policy_negative);
+    let (generator, moderator): (Option<Arc<dyn Generator>>, Arc<dyn easel_core::moderation::Moderator>) = if args
+        .no_worker
+    {
+        // Nothing is generated, so nothing needs judging.
+        (None, Arc::new(easel_core::moderation::Unmoderated))
     } else {
         let (model, device) = (args.model.clone(), args.device);
-        let pipeline = tokio::task::spawn_blocking(move || load_pipeline(&model, device)).await??;
-        Some(pipeline)
+        let (moderation_model, thresholds) = (
+            args.moderation_model.clone(),
+            args.moderation_thresholds.clone().unwrap_or_else(easel_core::moderation::ClassThresholds::nudenet_default),
+        );
+        let (pipeline, moderator) = tokio::task::spawn_blocking(move || {
+            anyhow::Ok((load_pipeline(&model, device)?, load_moderator(&moderation_model, thresholds)?))
+        })
+        .await??;
+        (Some(pipeline), moderator)
     };
     let config = ServeConfig {
         addr: args.addr,
@@ -245,7 +274,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .allow_loopback(args.allow_loopback_callbacks),
         callback_in_flight: Duration::from_secs(60),
         callback_schedule: easel_core::notify::RetrySchedule::default(),
-        moderator: Arc::new(easel_core::moderation::Unmoderated),
+        moderator,
+        prompt_policy: Arc::new(prompt_policy),
     };
     let server = LocalServer::start(config, generator).await?;
     let addr = server.addr();

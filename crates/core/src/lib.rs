@@ -13,6 +13,7 @@ pub mod notify;
 pub mod png;
 pub mod ports;
 pub mod presets;
+pub mod prompt_policy;
 pub mod request;
 pub mod submit;
 pub mod task;

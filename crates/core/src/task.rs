@@ -418,6 +418,7 @@ mod tests {
             flagged: true,
             scores: Default::default(),
             reasons: vec!["X over 0.5".into()],
+            detections: vec![],
         };
         let moderation = ModerationRecord {
             model: "m".into(),

@@ -27,11 +27,14 @@
 //! - Samplers: the ten Stability v1 samplers plus PNDM, ports of diffusers' schedulers (and of
 //!   k-diffusion for `K_DPMPP_2S_ANCESTRAL`) that reproduce diffusers' images given the same
 //!   initial latents and noise draws; see the table in `scheduler/mod.rs`.
+//! - [`nudenet`]: the image moderation detector (NudeNet's YOLOv8), with the `nudenet` Python
+//!   package's pre- and post-processing, and [`NudeNetModerator`], the worker's moderator.
 
 pub mod device;
 mod error;
 mod latents;
 mod model;
+pub mod nudenet;
 mod onnx;
 mod pipeline;
 pub mod runtime;
@@ -41,6 +44,7 @@ mod tokenizer;
 pub use device::Device;
 pub use easel_core::generator::SamplerKind;
 pub use error::{LoadError, RuntimeError};
+pub use nudenet::{NudeNet, NudeNetModerator};
 pub use pipeline::{Overrides, Pipeline, PipelineOptions, Timings};
 pub use runtime::{OrtRuntime, find_onnxruntime_library};
 pub use tokenizer::{ClipTokenizer, TokenizedPrompt};

@@ -54,7 +54,7 @@ pub(crate) enum TimestepShape {
 
 /// One loaded graph: the session, run options selecting the one output we read, and names.
 #[derive(Debug)]
-struct Graph {
+pub(crate) struct Graph {
     path: PathBuf,
     output: String,
     slot: Mutex<Slot>,
@@ -72,7 +72,7 @@ impl std::fmt::Debug for Slot {
 }
 
 impl Graph {
-    fn open(runtime: &OrtRuntime, path: &Path, settings: SessionSettings) -> Result<Session, LoadError> {
+    pub(crate) fn open(runtime: &OrtRuntime, path: &Path, settings: SessionSettings) -> Result<Session, LoadError> {
         let session_error = |source: ort::Error| LoadError::Session { path: path.to_path_buf(), source };
         Session::builder(runtime.environment())
             .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
@@ -83,7 +83,7 @@ impl Graph {
             .map_err(session_error)
     }
 
-    fn new(session: Session, path: &Path, output: String) -> Result<Graph, LoadError> {
+    pub(crate) fn new(session: Session, path: &Path, output: String) -> Result<Graph, LoadError> {
         let options = RunOptions::new()
             .map_err(|source| LoadError::Session { path: path.to_path_buf(), source })?
             .with_outputs(OutputSelector::no_default().with(output.clone()));
@@ -91,7 +91,7 @@ impl Graph {
     }
 
     /// Runs the graph and hands its selected float32 output (shape, data) to `read`.
-    fn run<R>(
+    pub(crate) fn run<R>(
         &self,
         inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)>,
         read: impl FnOnce(&[i64], &[f32]) -> Result<R, GenerateError>,
@@ -440,7 +440,7 @@ impl VaeEncoder {
 
 /// Opens a graph whose one input (`name`, or the only one) is a float32 NCHW tensor; returns the
 /// session, the input's name and its channel count when the graph fixes it.
-fn open_nchw_graph(
+pub(crate) fn open_nchw_graph(
     runtime: &OrtRuntime,
     path: &Path,
     name: &str,
@@ -478,7 +478,7 @@ fn single_input<'s>(session: &'s Session, name: &str, path: &Path) -> Result<&'s
 }
 
 /// The output called `name` or else the first one; it must be a float32 tensor of `rank`.
-fn float_output<'s>(
+pub(crate) fn float_output<'s>(
     session: &'s Session,
     name: &str,
     rank: usize,
@@ -527,6 +527,6 @@ fn expect_rank(outlet: &Outlet, shape: &[i64], rank: usize, path: &Path) -> Resu
 }
 
 /// The size of dimension `axis` when the graph fixes it (dynamic dimensions are −1).
-fn fixed_dim(shape: &[i64], axis: usize) -> Option<usize> {
+pub(crate) fn fixed_dim(shape: &[i64], axis: usize) -> Option<usize> {
     shape.get(axis).and_then(|&d| usize::try_from(d).ok())
 }

@@ -6,6 +6,7 @@ use easel_api::models::{DEFAULT_ALIASES, ModelCatalog};
 use easel_api::{ApiSettings, AppState, RateLimit};
 use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig};
 use easel_callbacks::{Guard, HttpImageFetcher};
+use easel_core::prompt_policy::PromptPolicy;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -28,6 +29,9 @@ pub struct Config {
     /// `EASEL_ALLOW_LOOPBACK_CALLBACKS` (default false): callback and image URLs may be plain
     /// http to loopback; for tests only.
     pub allow_loopback_urls: bool,
+    /// `EASEL_PROMPT_POLICY`: `default` (the compiled-in list), `off`, a policy file's text, or a
+    /// path; `EASEL_PROMPT_POLICY_NEGATIVE` (default false) checks negative prompts too.
+    pub prompt_policy: easel_core::prompt_policy::PromptPolicy,
 }
 
 impl Config {
@@ -58,8 +62,29 @@ impl Config {
         let fetch: u64 = env.parsed(lookup, "EASEL_IMAGE_FETCH_TIMEOUT_SECONDS", 10, "a number of seconds");
         let allow_loopback_urls = env.parsed(lookup, "EASEL_ALLOW_LOOPBACK_CALLBACKS", false, "true or false");
         let image_fetch_timeout = Duration::from_secs(fetch.max(1));
-        env.finish(Config { aws, url_ttl, sync_wait, models, rate_limit, image_fetch_timeout, allow_loopback_urls })
+        let prompt_policy = prompt_policy(&mut env, lookup);
+        env.finish(Config {
+            aws,
+            url_ttl,
+            sync_wait,
+            models,
+            rate_limit,
+            image_fetch_timeout,
+            allow_loopback_urls,
+            prompt_policy,
+        })
     }
+}
+
+/// `EASEL_PROMPT_POLICY` and `EASEL_PROMPT_POLICY_NEGATIVE`.
+fn prompt_policy(env: &mut EnvReader, lookup: &dyn Fn(&str) -> Option<String>) -> PromptPolicy {
+    let check_negative = env.parsed(lookup, "EASEL_PROMPT_POLICY_NEGATIVE", false, "true or false");
+    let policy =
+        PromptPolicy::from_setting(&lookup("EASEL_PROMPT_POLICY").unwrap_or_default()).unwrap_or_else(|problem| {
+            env.problem(format!("EASEL_PROMPT_POLICY: {problem}"));
+            PromptPolicy::default()
+        });
+    policy.checking_negative(check_negative)
 }
 
 /// The API router over clients built from `sdk`.
@@ -75,6 +100,7 @@ pub fn app(config: &Config, sdk: &SdkConfig) -> axum::Router {
             Guard::new(config.image_fetch_timeout, easel_api::body::MAX_IMAGE_BODY_BYTES)
                 .allow_loopback(config.allow_loopback_urls),
         ))),
+        prompt_policy: std::sync::Arc::new(config.prompt_policy.clone()),
     };
     easel_api::router(AppState::new(
         backend.tasks,

@@ -15,9 +15,10 @@ use std::time::Duration;
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent};
 use easel_aws::{AwsBackend, AwsSettings, ConfigError, EnvReader, Needs, SdkConfig, delivery_of};
 use easel_core::generator::Generator;
+use easel_core::moderation::{ClassThresholds, Moderator};
 use easel_core::ports::Job;
 use easel_core::worker::{JobOutcome, Worker, WorkerConfig};
-use easel_diffusion::{Device, OrtRuntime, Pipeline, PipelineOptions};
+use easel_diffusion::{Device, NudeNetModerator, OrtRuntime, Pipeline, PipelineOptions};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,12 @@ pub struct Config {
     pub model_dir: PathBuf,
     /// Where the model runs (`EASEL_DEVICE`: `cpu`, `cuda` or `cuda:N`; default `cpu`).
     pub device: Device,
+    /// NudeNet's detector (`EASEL_MODERATION_MODEL`; in the container image,
+    /// `/opt/easel/moderation/320n.onnx`). Required: the worker never stores unjudged images.
+    pub moderation_model: PathBuf,
+    /// Which classes flag an image, from which score (`EASEL_MODERATION_THRESHOLDS`,
+    /// `CLASS=SCORE,…`; default NudeNet's sexual `*_EXPOSED` classes).
+    pub moderation_thresholds: ClassThresholds,
     pub worker: WorkerConfig,
 }
 
@@ -41,6 +48,14 @@ impl Config {
         let aws = AwsSettings::read(&mut env, lookup, Needs { jobs: true, notices: true });
         let model_dir = PathBuf::from(env.required(lookup, "EASEL_MODEL_DIR"));
         let device = env.parsed(lookup, "EASEL_DEVICE", Device::Cpu, "a device (cpu, cuda or cuda:N)");
+        let moderation_model = PathBuf::from(env.required(lookup, "EASEL_MODERATION_MODEL"));
+        let moderation_thresholds = match lookup("EASEL_MODERATION_THRESHOLDS") {
+            None => ClassThresholds::nudenet_default(),
+            Some(spec) => ClassThresholds::parse(&spec).unwrap_or_else(|problem| {
+                env.problem(format!("EASEL_MODERATION_THRESHOLDS: {problem}"));
+                ClassThresholds::nudenet_default()
+            }),
+        };
         let defaults = WorkerConfig::default();
         let lease: u64 = env.parsed(lookup, "EASEL_LEASE_SECONDS", defaults.lease.as_secs(), "a number of seconds");
         let max_receives = env.parsed(lookup, "EASEL_MAX_RECEIVES", defaults.max_receives, "a whole number");
@@ -62,31 +77,59 @@ impl Config {
             shutdown_grace: Duration::from_secs(grace),
             ..defaults
         };
-        env.finish(Config { aws, model_dir, device, worker })
+        env.finish(Config { aws, model_dir, device, moderation_model, moderation_thresholds, worker })
+    }
+}
+
+/// What a worker runs: the diffusion model and the image moderator.
+#[derive(Clone)]
+pub struct Engines {
+    pub generator: Arc<dyn Generator>,
+    pub moderator: Arc<dyn Moderator>,
+}
+
+impl std::fmt::Debug for Engines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engines")
+            .field("model", &self.generator.descriptor().id)
+            .field("moderator", &self.moderator.model_id())
+            .finish()
     }
 }
 
 /// Initialises ONNX Runtime (`ORT_DYLIB_PATH`, else `.easel/onnxruntime/` above the working or
-/// the executable's folder) and loads the model. Done once, at cold start.
-pub fn load_generator(
-    model_dir: &std::path::Path,
-    device: Device,
-) -> Result<Arc<dyn Generator>, Box<dyn std::error::Error + Send + Sync>> {
+/// the executable's folder), loads the model and the moderation model. Done once, at cold start;
+/// either failing stops the worker.
+pub fn load_engines(config: &Config) -> Result<Engines, Box<dyn std::error::Error + Send + Sync>> {
     let mut dirs: Vec<PathBuf> = std::env::current_dir().into_iter().collect();
     dirs.extend(std::env::current_exe().ok().and_then(|exe| exe.parent().map(PathBuf::from)));
     let runtime = OrtRuntime::init_discovered(&dirs)?;
-    Ok(Arc::new(Pipeline::load(runtime, model_dir, &PipelineOptions { device, ..PipelineOptions::default() })?))
+    let options = PipelineOptions { device: config.device, ..PipelineOptions::default() };
+    let generator = Arc::new(Pipeline::load(runtime, &config.model_dir, &options)?);
+    let moderator = NudeNetModerator::load(runtime, &config.moderation_model, config.moderation_thresholds.clone())
+        .map_err(|e| format!("cannot load the moderation model: {}", error_chain(&e)))?;
+    Ok(Engines { generator, moderator: Arc::new(moderator) })
 }
 
-pub fn worker(config: &Config, sdk: &SdkConfig, generator: Arc<dyn Generator>) -> Worker {
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
+}
+
+pub fn worker(config: &Config, sdk: &SdkConfig, engines: Engines) -> Worker {
     let backend = AwsBackend::new(sdk, &config.aws);
     Worker::new(
         backend.tasks,
         backend.jobs,
         backend.notices,
         backend.images,
-        generator,
-        Arc::new(easel_core::moderation::Unmoderated),
+        engines.generator,
+        engines.moderator,
         config.worker.clone(),
     )
 }
@@ -130,11 +173,10 @@ impl JobHandler {
 /// Ctrl-C. The job in progress then gets `EASEL_SHUTDOWN_GRACE_SECONDS` to finish before it is
 /// handed back to the queue for another worker.
 pub async fn poll(config: &Config) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let model_dir = config.model_dir.clone();
-    let device = config.device;
-    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir, device)).await??;
+    let loading = config.clone();
+    let engines = tokio::task::spawn_blocking(move || load_engines(&loading)).await??;
     let sdk = AwsBackend::load_sdk_config().await;
-    let worker = worker(config, &sdk, generator);
+    let worker = worker(config, &sdk, engines);
     let (stop, stopped) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_termination().await;

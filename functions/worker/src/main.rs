@@ -4,7 +4,7 @@
 use std::error::Error;
 
 use easel_aws::{AwsBackend, init_lambda_logging};
-use easel_fn_worker::{Config, JobHandler, load_generator, poll, worker};
+use easel_fn_worker::{Config, JobHandler, load_engines, poll, worker};
 use lambda_runtime::{LambdaEvent, service_fn};
 
 #[tokio::main]
@@ -14,12 +14,12 @@ async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
     if std::env::args().skip(1).any(|a| a == "--poll") {
         return poll(&config).await.inspect_err(|e| tracing::error!(error = %e, "the worker stopped"));
     }
-    let (model_dir, device) = (config.model_dir.clone(), config.device);
-    let generator = tokio::task::spawn_blocking(move || load_generator(&model_dir, device))
+    let loading = config.clone();
+    let engines = tokio::task::spawn_blocking(move || load_engines(&loading))
         .await?
-        .inspect_err(|e| tracing::error!(error = %e, "cannot load the model"))?;
+        .inspect_err(|e| tracing::error!(error = %e, "cannot load the models"))?;
     let sdk = AwsBackend::load_sdk_config().await;
-    let handler = &JobHandler::new(worker(&config, &sdk, generator));
+    let handler = &JobHandler::new(worker(&config, &sdk, engines));
     lambda_runtime::run(service_fn(move |event: LambdaEvent<_>| async move {
         Ok::<_, std::convert::Infallible>(handler.handle(event.payload).await)
     }))

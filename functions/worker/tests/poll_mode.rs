@@ -21,6 +21,7 @@ fn spawn_worker(env: &AwsEnv, grace_seconds: u32) -> Child {
         .env_clear()
         .envs(env.function_env())
         .env("EASEL_MODEL_DIR", workspace_root().join("models/tiny-sd"))
+        .env("EASEL_MODERATION_MODEL", workspace_root().join(".easel/models/nudenet/320n.onnx"))
         .env("EASEL_SHUTDOWN_GRACE_SECONDS", grace_seconds.to_string())
         .env("EASEL_LEASE_SECONDS", "60")
         .envs(std::env::var("ORT_DYLIB_PATH").map(|p| ("ORT_DYLIB_PATH", p)))
