@@ -18,7 +18,8 @@ RUN curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
 ENV PATH=/root/.cargo/bin:$PATH
 WORKDIR /src
 COPY . .
-# ONNX Runtime's shared library, from the onnxruntime wheel (infra/setup.sh pins the version).
+# ONNX Runtime's shared library, from the onnxruntime wheel, and NudeNet's 320n.onnx moderation
+# model (AGPL-3.0), from the nudenet wheel (infra/setup.sh pins both).
 RUN bash infra/setup.sh
 RUN cargo build --release --locked -p easel-fn-worker --bin easel-worker \
     && cp target/release/easel-worker /easel-worker
@@ -27,8 +28,10 @@ FROM public.ecr.aws/lambda/provided:al2023
 ARG MODEL_DIR=models/tiny-sd
 COPY --from=build /easel-worker ${LAMBDA_RUNTIME_DIR}/bootstrap
 COPY --from=build /src/.easel/onnxruntime/ /opt/easel/onnxruntime/
+COPY --from=build /src/.easel/models/nudenet/ /opt/easel/moderation/
 COPY ${MODEL_DIR} /opt/easel/model
 ENV ORT_DYLIB_PATH=/opt/easel/onnxruntime/libonnxruntime.so.1.31.1 \
-    EASEL_MODEL_DIR=/opt/easel/model
+    EASEL_MODEL_DIR=/opt/easel/model \
+    EASEL_MODERATION_MODEL=/opt/easel/moderation/320n.onnx
 # The Lambda base image runs ${LAMBDA_RUNTIME_DIR}/bootstrap; the handler name is not used.
 CMD ["easel-worker"]

@@ -114,12 +114,51 @@ async fn openai_answers_content_policy_violation_and_basic_answers_code_minus_on
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_moderation_model_tasks_record_that_no_moderator_judged_them() {
+async fn the_real_detector_judges_every_image_and_records_each_classs_score() {
     let h = Harness::start().await;
-    let (_, task) = h.hive_submit(&json!({"text_data": "a lighthouse"})).await;
+    let (_, task) = h.hive_submit(&json!({"text_data": "a lighthouse", "options": {"num_images": 2}})).await;
     h.hive_wait(task["id"].as_str().unwrap(), Duration::from_secs(120)).await;
     let (_, doc) = h.get_json(&format!("/v1/tasks/{}", task["id"].as_str().unwrap())).await;
-    assert_eq!(doc["status"], "succeeded");
-    assert_eq!(doc["moderation"]["model"], "none", "{doc}");
-    assert_eq!(doc["moderation"]["images"][0]["flagged"], false);
+    assert_eq!(doc["status"], "succeeded", "{doc}");
+    assert!(doc["moderation"]["model"].as_str().unwrap().starts_with("nudenet:320n@"), "{doc}");
+    let judged = doc["moderation"]["images"].as_array().unwrap();
+    assert_eq!(judged.len(), 2);
+    for image in judged {
+        assert_eq!(image["flagged"], false, "{image}");
+        let scores = image["scores"].as_object().unwrap();
+        assert_eq!(scores.len(), 18, "NudeNet's 18 classes: {image}");
+        assert!(scores.values().all(|s| (0.0..=1.0).contains(&s.as_f64().unwrap())), "{image}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_detector_with_a_low_threshold_on_a_benign_class_rejects_the_task_in_every_dialect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = serve_config(tmp.path());
+    // The tiny model draws noise; any score above a millionth on FACE_FEMALE flags it.
+    let policy = easel_core::moderation::ClassThresholds::parse("FACE_FEMALE=0.000001").unwrap();
+    config.moderator = easel_tests::nudenet_with(policy);
+    let h = Harness::start_with(config, true).await;
+
+    let (_, task) = h.hive_submit(&json!({"text_data": "a lighthouse"})).await;
+    let id = task["id"].as_str().unwrap().to_owned();
+    let done = h.hive_wait(&id, Duration::from_secs(120)).await;
+    assert_eq!(done["status"][0]["status"]["code"], "451", "{done}");
+    let (_, doc) = h.get_json(&format!("/v1/tasks/{id}")).await;
+    assert_eq!((doc["status"].as_str(), doc["usage"].is_null()), (Some("rejected"), true), "{doc}");
+    let reason = doc["moderation"]["images"][0]["reasons"][0].as_str().unwrap();
+    assert!(reason.starts_with("FACE_FEMALE "), "{doc}");
+    let key = easel_core::worker::image_key(id.parse().unwrap(), 0);
+    assert_eq!(h.server().backend().images.get(&key).await.unwrap(), None, "a rejected image is never stored");
+
+    let body = json!({"prompt": "a lighthouse", "size": "256x256"});
+    let (code, _, e) =
+        h.post("/v1/images/generations", &[("authorization", format!("Bearer {}", h.key))], &body).await;
+    assert_eq!((code, e["error"]["code"].as_str()), (400, Some("content_policy_violation")), "{e}");
+
+    let body = json!({"prompt": "a lighthouse", "width": 256, "height": 256, "steps": 4});
+    let (code, _, e) = h.post("/api/generate/basic/textToImage", &[("authorization", h.key.clone())], &body).await;
+    assert_eq!((code, e["code"].as_i64()), (400, Some(-1)), "{e}");
+    let (_, usage) = h.get_json("/v1/usage").await;
+    assert_eq!(usage["total"]["images"], 0, "{usage}");
 }

@@ -128,3 +128,34 @@ async fn easel_serve_survives_a_kill_mid_task_and_stops_cleanly_on_sigterm() {
     };
     assert!(exit.success(), "exit status {exit:?}");
 }
+
+/// `easel serve` with `EASEL_MODERATION_MODEL` at `model`: its exit status and error output.
+fn serve_with_moderation_model(data: &Path, model: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_easel"))
+        .arg("serve")
+        .current_dir(workspace_root())
+        .env("EASEL_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env("EASEL_DATA_DIR", data.join("data"))
+        .env("EASEL_DEV_KEY_FILE", data.join("dev-api-key"))
+        .env("EASEL_MODERATION_MODEL", model)
+        .env("EASEL_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn easel_serve_refuses_to_start_without_a_usable_moderation_model_and_says_how_to_install_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = serve_with_moderation_model(tmp.path(), &tmp.path().join("absent/320n.onnx"));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{stderr}");
+    assert!(stderr.contains("moderation model") && stderr.contains("make setup"), "{stderr}");
+
+    let corrupt = tmp.path().join("320n.onnx");
+    std::fs::write(&corrupt, b"not an onnx graph").unwrap();
+    let unusable = serve_with_moderation_model(tmp.path(), &corrupt);
+    let stderr = String::from_utf8_lossy(&unusable.stderr);
+    assert!(!unusable.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot load the image moderation model") && stderr.contains("make setup"), "{stderr}");
+    assert!(!tmp.path().join("dev-api-key").exists(), "nothing was served: {stderr}");
+}
