@@ -152,8 +152,7 @@ async fn the_real_detector_with_a_low_threshold_on_a_benign_class_rejects_the_ta
     assert_eq!(h.server().backend().images.get(&key).await.unwrap(), None, "a rejected image is never stored");
 
     let body = json!({"prompt": "a lighthouse", "size": "256x256"});
-    let (code, _, e) =
-        h.post("/v1/images/generations", &[("authorization", format!("Bearer {}", h.key))], &body).await;
+    let (code, _, e) = h.post("/v1/images/generations", &[("authorization", format!("Bearer {}", h.key))], &body).await;
     assert_eq!((code, e["error"]["code"].as_str()), (400, Some("content_policy_violation")), "{e}");
 
     let body = json!({"prompt": "a lighthouse", "width": 256, "height": 256, "steps": 4});
