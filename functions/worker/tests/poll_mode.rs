@@ -106,3 +106,25 @@ async fn sigterm_mid_generation_hands_the_task_and_its_job_back_at_once() {
     );
     env.destroy().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_its_moderation_model_stops_at_start_and_runs_nothing() {
+    let env = AwsEnv::create(3).await;
+    let task = queue_task(&env, 1, 256).await;
+    let output = Command::new(env!("CARGO_BIN_EXE_easel-worker"))
+        .arg("--poll")
+        .current_dir(workspace_root())
+        .env_clear()
+        .envs(env.function_env())
+        .env("EASEL_MODEL_DIR", workspace_root().join("models/tiny-sd"))
+        .env("EASEL_MODERATION_MODEL", "/nonexistent/320n.onnx")
+        .envs(std::env::var("ORT_DYLIB_PATH").map(|p| ("ORT_DYLIB_PATH", p)))
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{log}");
+    assert!(log.contains("moderation model") && log.contains("make setup"), "{log}");
+    let left = env.backend.tasks.get(task.id).await.unwrap().unwrap();
+    assert_eq!(left.status, TaskStatus::Queued, "no image was made without moderation");
+    env.destroy().await;
+}
