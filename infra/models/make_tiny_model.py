@@ -369,7 +369,8 @@ def export(module, args, path: Path, input_names, output_names, dynamic_axes):
         assert init.data_location != onnx.TensorProto.EXTERNAL, "external data"
         assert init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.INT64,
                                   onnx.TensorProto.INT32, onnx.TensorProto.BOOL), (init.name, init.data_type)
-    log(f"exported {path.relative_to(REPO)} ({path.stat().st_size / 1e6:.2f} MB)")
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    log(f"exported {shown} ({path.stat().st_size / 1e6:.2f} MB)")
 
 
 def build_models(out: Path):
