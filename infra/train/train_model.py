@@ -168,7 +168,7 @@ def train_diffusion(text, unet, latents, latent_std, captions, tokens: Tokens, m
         opt.step()
         step += 1
         frac = (time.time() - start) / (minutes * 60)
-        warm = min(1.0, step / 200)
+        warm = min(1.0, step / 50)
         for gr in opt.param_groups:
             gr["lr"] = 1e-3 * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         decay = min(0.999, (1 + step) / (10 + step))
@@ -274,6 +274,33 @@ def shrink_token_table(path: Path, keep: list[int]):
     log(f"token table: {table.shape[0]} -> {small.shape[0]} rows ({path.stat().st_size / 1e6:.2f} MB)")
 
 
+def store_weights_fp16(path: Path, min_elements: int = 1024):
+    """Store the large float weights as float16 with a Cast back to float32 in front of their users:
+    the file halves, and onnxruntime folds the casts when it loads the session, so the graph still
+    computes in float32 (easel's pipeline feeds and reads float32)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m = onnx.load(str(path))
+    casts, kept = [], []
+    for init in m.graph.initializer:
+        if init.data_type == TensorProto.FLOAT and np.prod(init.dims) >= min_elements:
+            w = numpy_helper.to_array(init)
+            kept.append(numpy_helper.from_array(w.astype(np.float16), init.name + "_fp16"))
+            casts.append(helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=TensorProto.FLOAT,
+                                          name=init.name + "_cast"))
+        else:
+            kept.append(init)
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    nodes = casts + list(m.graph.node)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    log(f"fp16 weights: {path.parent.name}/{path.name} {path.stat().st_size / 1e6:.2f} MB")
+
+
 def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, meta: dict):
     import diffusers
 
@@ -286,6 +313,7 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
                 {"input_ids": {0: "batch_size", 1: "sequence_length"},
                  "last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "pooler_output": {0: "batch_size"}})
     shrink_token_table(d / "model.onnx", keep_tokens)
+    store_weights_fp16(d / "model.onnx")
     text.config.architectures = ["CLIPTextModel"]
     text.config.save_pretrained(str(d))
     d = out / "unet"
@@ -294,17 +322,20 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
                 {"sample": {0: "batch_size", 2: "height", 3: "width"},
                  "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
                  "out_sample": {0: "batch_size", 2: "height", 3: "width"}})
+    store_weights_fp16(d / "model.onnx")
     unet.save_config(str(d))
     vae.register_to_config(scaling_factor=scaling)
     d = out / "vae_encoder"
     tiny.export(tiny.VaeEncoderWrapper(vae), (torch.randn(1, 3, 64, 96),), d / "model.onnx", ["sample"],
                 ["latent_parameters"], {"sample": {0: "batch_size", 2: "height", 3: "width"},
                                         "latent_parameters": {0: "batch_size", 2: "height_latent", 3: "width_latent"}})
+    store_weights_fp16(d / "model.onnx")
     vae.save_config(str(d))
     d = out / "vae_decoder"
     tiny.export(tiny.VaeDecoderWrapper(vae), (torch.randn(1, 4, 16, 24),), d / "model.onnx", ["latent_sample"],
                 ["sample"], {"latent_sample": {0: "batch_size", 2: "height_latent", 3: "width_latent"},
                              "sample": {0: "batch_size", 2: "height", 3: "width"}})
+    store_weights_fp16(d / "model.onnx")
     vae.save_config(str(d))
     sch = diffusers.EulerDiscreteScheduler(**SCHEDULER)
     sch.save_pretrained(str(out / "scheduler"))
@@ -323,8 +354,9 @@ def main():
     ap.add_argument("--vae-batch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--evaluate", type=Path, metavar="CHECKPOINT",
-                    help="only evaluate a checkpoint that an earlier run saved (prints the report)")
+    ap.add_argument("--checkpoint", type=Path, metavar="CHECKPOINT",
+                    help="skip training: evaluate and export a checkpoint that an earlier run saved")
+    ap.add_argument("--no-eval", action="store_true", help="skip the adherence evaluation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -332,28 +364,12 @@ def main():
     from diffusers.models.attention_processor import AttnProcessor
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    def models():
-        cfg = CLIPTextConfig(**TEXT)
-        cfg._attn_implementation = "eager"
-        vae, text, unet = AutoencoderKL(**VAE), CLIPTextModel(cfg), UNet2DConditionModel(**UNET)
-        vae.set_attn_processor(AttnProcessor())
-        unet.set_attn_processor(AttnProcessor())
-        return vae, text, unet
-
+    cfg = CLIPTextConfig(**TEXT)
+    cfg._attn_implementation = "eager"
+    vae, text, unet = AutoencoderKL(**VAE), CLIPTextModel(cfg), UNet2DConditionModel(**UNET)
+    vae.set_attn_processor(AttnProcessor())
+    unet.set_attn_processor(AttnProcessor())
     held_out = scenes.held_out_triples()
-    ones, twos = held_out_scenes(held_out, args.seed + 2)
-    if args.evaluate:
-        from transformers import CLIPTokenizer
-
-        vae, text, unet = models()
-        ck = torch.load(args.evaluate)
-        for m, k in ((vae, "vae"), (text, "text"), (unet, "unet")):
-            m.load_state_dict(ck[k])
-            m.eval()
-        tokens = Tokens(CLIPTokenizer.from_pretrained(str(args.out / "tokenizer")))
-        log(json.dumps(evaluate(generator(text, unet, vae, tokens, ck["scaling"]), ones, twos), indent=1))
-        return
-
     t0 = time.time()
     work = REPO / ".easel" / "train"
     work.mkdir(parents=True, exist_ok=True)
@@ -361,29 +377,41 @@ def main():
     tokens = Tokens(tok)
     data, imgs = make_dataset(args.images, args.seed, held_out)
     log(f"dataset: {len(data)} scenes, {len(held_out)} held-out triples, {time.time() - t0:.0f} s")
-    x = to_tensor(imgs)
 
-    vae, text, unet = models()
-    log("vae parameters:", sum(p.numel() for p in vae.parameters()))
-    t1 = time.time()
-    vae_steps = train_vae(vae, x, args.vae_minutes, args.vae_batch, args.seed)
-    means, stds = encode_all(vae, x)
-    scaling = float(1.0 / means.std())
-    with torch.no_grad():
-        rec = vae.decode(means[:256]).sample
-        vae_psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, x[:256])))
-    log(f"vae: {vae_steps} steps in {time.time() - t1:.0f} s, PSNR {vae_psnr:.1f} dB, scaling {scaling:.4f}")
+    if args.checkpoint:
+        ck = torch.load(args.checkpoint)
+        for m, k in ((vae, "vae"), (text, "text"), (unet, "unet")):
+            m.load_state_dict(ck[k])
+            m.eval()
+        scaling, training = ck["scaling"], ck.get("training", {})
+    else:
+        x = to_tensor(imgs)
+        log("vae parameters:", sum(p.numel() for p in vae.parameters()))
+        t1 = time.time()
+        vae_steps = train_vae(vae, x, args.vae_minutes, args.vae_batch, args.seed)
+        means, stds = encode_all(vae, x)
+        scaling = float(1.0 / means.std())
+        with torch.no_grad():
+            rec = vae.decode(means[:256]).sample
+            vae_psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, x[:256])))
+        log(f"vae: {vae_steps} steps in {time.time() - t1:.0f} s, PSNR {vae_psnr:.1f} dB, scaling {scaling:.4f}")
+        log("text parameters:", sum(p.numel() for p in text.parameters()),
+            "unet parameters:", sum(p.numel() for p in unet.parameters()))
+        t2 = time.time()
+        steps = train_diffusion(text, unet, means * scaling, stds * scaling, data, tokens, args.diffusion_minutes,
+                                args.batch, args.seed + 1)
+        log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
+        training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
+                    "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "diffusion_steps": steps,
+                    "vae_batch": args.vae_batch, "batch": args.batch, "threads": args.threads,
+                    "scaling_factor": scaling}
+        torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(),
+                    "scaling": scaling, "training": training}, work / "checkpoint.pt")
 
-    log("text parameters:", sum(p.numel() for p in text.parameters()),
-        "unet parameters:", sum(p.numel() for p in unet.parameters()))
-    t2 = time.time()
-    steps = train_diffusion(text, unet, means * scaling, stds * scaling, data, tokens, args.diffusion_minutes,
-                            args.batch, args.seed + 1)
-    log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
-    train_seconds = time.time() - t0
-
-    report = evaluate(generator(text, unet, vae, tokens, scaling), ones, twos)
-    log(json.dumps(report, indent=1))
+    report = None
+    if not args.no_eval:
+        report = evaluate(generator(text, unet, vae, tokens, scaling), *held_out_scenes(held_out, args.seed + 2))
+        log(json.dumps(report, indent=1))
 
     # Tokens the caption grammar can produce: every word of every phrasing, plus BOS/EOS.
     rng = np.random.default_rng(0)
@@ -397,15 +425,10 @@ def main():
                            "large, on a 3x3 grid, on a plain background. It draws nothing else.",
             "default_steps": 25, "default_guidance": 5.0, "native_width": SIZE, "native_height": SIZE}
     export_folder(args.out, tok, text, unet, vae, scaling, sorted(vocab), meta)
-    torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(), "scaling": scaling},
-               work / "checkpoint.pt")
-    summary = {"seed": args.seed, "images": args.images, "train_seconds": round(train_seconds),
-               "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "diffusion_steps": steps,
-               "batch": args.batch, "threads": args.threads, "scaling_factor": scaling,
-               "versions": tiny.versions(), "adherence": report,
+    summary = {**training, "versions": tiny.versions(), "adherence": report,
                "bytes": sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())}
     (args.out / "training-report.json").write_text(json.dumps(summary, indent=1) + "\n")
-    log(f"done: trained in {train_seconds / 60:.1f} min, folder {summary['bytes'] / 1e6:.1f} MB")
+    log(f"done: folder {summary['bytes'] / 1e6:.1f} MB")
 
 
 if __name__ == "__main__":
