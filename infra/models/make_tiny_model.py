@@ -690,7 +690,7 @@ def main():
         log("timings (median s, min s):", json.dumps(report["timings"]))
         log("end-to-end:", json.dumps(report["end_to_end"]))
     total = sum(f["bytes"] for f in files.values())
-    log(f"total {total / 1e6:.2f} MB in {out.relative_to(REPO)}")
+    log(f"total {total / 1e6:.2f} MB in {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     for k, v in files.items():
         log(f"  {v['bytes']:>10}  {v['sha256'][:16]}  {k}")
 
