@@ -305,38 +305,32 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
     import diffusers
 
     out.mkdir(parents=True, exist_ok=True)
-    d = out / "text_encoder"
+    vae.register_to_config(scaling_factor=scaling)
+    batch, size = {0: "batch_size"}, {0: "batch_size", 2: "height", 3: "width"}
+    latent = {0: "batch_size", 2: "height_latent", 3: "width_latent"}
     ids = torch.full((1, 77), 49407, dtype=torch.int64)
     ids[0, :4] = torch.tensor([49406, 320, 1125, 49407])
-    tiny.export(tiny.TextEncoderWrapper(text), (ids,), d / "model.onnx", ["input_ids"],
-                ["last_hidden_state", "pooler_output"],
-                {"input_ids": {0: "batch_size", 1: "sequence_length"},
-                 "last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "pooler_output": {0: "batch_size"}})
-    shrink_token_table(d / "model.onnx", keep_tokens)
-    store_weights_fp16(d / "model.onnx")
+    components = (
+        ("text_encoder", tiny.TextEncoderWrapper(text), (ids,), ["input_ids"], ["last_hidden_state", "pooler_output"],
+         {"input_ids": {0: "batch_size", 1: "sequence_length"},
+          "last_hidden_state": {0: "batch_size", 1: "sequence_length"}, "pooler_output": batch}, text.config),
+        ("unet", tiny.UNetWrapper(unet), (torch.randn(2, 4, 16, 24), torch.tensor(999.0), torch.randn(2, 77, 64)),
+         ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
+         {"sample": size, "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"}, "out_sample": size},
+         unet),
+        ("vae_encoder", tiny.VaeEncoderWrapper(vae), (torch.randn(1, 3, 64, 96),), ["sample"], ["latent_parameters"],
+         {"sample": size, "latent_parameters": latent}, vae),
+        ("vae_decoder", tiny.VaeDecoderWrapper(vae), (torch.randn(1, 4, 16, 24),), ["latent_sample"], ["sample"],
+         {"latent_sample": latent, "sample": size}, vae),
+    )
     text.config.architectures = ["CLIPTextModel"]
-    text.config.save_pretrained(str(d))
-    d = out / "unet"
-    tiny.export(tiny.UNetWrapper(unet), (torch.randn(2, 4, 16, 24), torch.tensor(999.0), torch.randn(2, 77, 64)),
-                d / "model.onnx", ["sample", "timestep", "encoder_hidden_states"], ["out_sample"],
-                {"sample": {0: "batch_size", 2: "height", 3: "width"},
-                 "encoder_hidden_states": {0: "batch_size", 1: "sequence_length"},
-                 "out_sample": {0: "batch_size", 2: "height", 3: "width"}})
-    store_weights_fp16(d / "model.onnx")
-    unet.save_config(str(d))
-    vae.register_to_config(scaling_factor=scaling)
-    d = out / "vae_encoder"
-    tiny.export(tiny.VaeEncoderWrapper(vae), (torch.randn(1, 3, 64, 96),), d / "model.onnx", ["sample"],
-                ["latent_parameters"], {"sample": {0: "batch_size", 2: "height", 3: "width"},
-                                        "latent_parameters": {0: "batch_size", 2: "height_latent", 3: "width_latent"}})
-    store_weights_fp16(d / "model.onnx")
-    vae.save_config(str(d))
-    d = out / "vae_decoder"
-    tiny.export(tiny.VaeDecoderWrapper(vae), (torch.randn(1, 4, 16, 24),), d / "model.onnx", ["latent_sample"],
-                ["sample"], {"latent_sample": {0: "batch_size", 2: "height_latent", 3: "width_latent"},
-                             "sample": {0: "batch_size", 2: "height", 3: "width"}})
-    store_weights_fp16(d / "model.onnx")
-    vae.save_config(str(d))
+    for name, wrapper, example, inputs, outputs, axes, config in components:
+        d = out / name
+        tiny.export(wrapper, example, d / "model.onnx", inputs, outputs, axes)
+        if name == "text_encoder":
+            shrink_token_table(d / "model.onnx", keep_tokens)
+        store_weights_fp16(d / "model.onnx")
+        (config.save_pretrained if name == "text_encoder" else config.save_config)(str(d))
     sch = diffusers.EulerDiscreteScheduler(**SCHEDULER)
     sch.save_pretrained(str(out / "scheduler"))
     tiny.write_model_index(out, sch, tok)
