@@ -135,16 +135,20 @@ impl InitImage {
     /// The image resized to `width` x `height` with a Lanczos filter (what diffusers'
     /// `VaeImageProcessor` does with PIL); the same image when the size already matches.
     pub fn resized(&self, width: u32, height: u32) -> InitImage {
-        if (self.width, self.height) == (width, height) {
-            return self.clone();
-        }
-        let Some(buffer) = image::RgbImage::from_raw(self.width, self.height, self.rgb.clone()) else {
-            // A malformed buffer (wrong length) is treated as black rather than panicking.
-            return InitImage { width, height, rgb: vec![0; width as usize * height as usize * 3] };
-        };
-        let resized = image::imageops::resize(&buffer, width, height, image::imageops::FilterType::Lanczos3);
-        InitImage { width, height, rgb: resized.into_raw() }
+        InitImage { width, height, rgb: resize_rgb8(&self.rgb, (self.width, self.height), (width, height)) }
     }
+}
+
+/// Interleaved 8-bit RGB of size `from` resized to `to` with a Lanczos filter (a copy when the
+/// sizes match). A malformed buffer (wrong length) gives black rather than a panic.
+pub fn resize_rgb8(rgb: &[u8], from: (u32, u32), to: (u32, u32)) -> Vec<u8> {
+    if from == to {
+        return rgb.to_vec();
+    }
+    let Some(buffer) = image::RgbImage::from_raw(from.0, from.1, rgb.to_vec()) else {
+        return vec![0; to.0 as usize * to.1 as usize * 3];
+    };
+    image::imageops::resize(&buffer, to.0, to.1, image::imageops::FilterType::Lanczos3).into_raw()
 }
 
 impl fmt::Debug for InitImage {

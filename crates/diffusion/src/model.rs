@@ -9,7 +9,7 @@
 //! unet/model.onnx          config.json  config optional (SD 1.x values when absent)
 //! vae_decoder/model.onnx   config.json  config optional (SD 1.x values when absent)
 //! vae_encoder/                          img2img only; not loaded
-//! easel.json                            optional manifest: name, defaults, native size
+//! easel.json                            optional manifest: name, defaults, native size, max generation side
 //! ```
 //!
 //! The component `config.json` files are optional because diffusers' own ONNX export script
@@ -277,6 +277,10 @@ pub(crate) struct Manifest {
     pub native_height: Option<u32>,
     /// A sampler API name (`K_EULER`...); default: the one of the scheduler config's class.
     pub default_sampler: Option<String>,
+    /// The largest side the model is generated at. A larger request is generated at the largest
+    /// size of its aspect ratio within this side and upscaled: for a model trained at one small
+    /// size, which composes a scene once instead of tiling it. Default: no limit.
+    pub max_generation_side: Option<u32>,
 }
 
 impl Manifest {

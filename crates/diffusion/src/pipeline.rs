@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use easel_core::generator::{
     GenerateError, GeneratedImage, Generation, GenerationSpec, Generator, ModelDescriptor, ProgressSink, SamplerKind,
+    resize_rgb8,
 };
 use ndarray::{Array3, Array4};
 
@@ -180,9 +181,10 @@ impl Pipeline {
         overrides: &Overrides,
         progress: &dyn ProgressSink,
     ) -> Result<(Generation, Timings), GenerateError> {
-        let width = spec.width as usize;
-        let height = spec.height as usize;
-        let run = self.run(spec, overrides, progress, |pixels| to_rgb8(pixels, width, height))?;
+        let run = self.run(spec, overrides, progress, |pixels, plan| {
+            let rgb = to_rgb8(pixels, plan.width, plan.height);
+            resize_rgb8(&rgb, (plan.width as u32, plan.height as u32), (plan.out_width, plan.out_height))
+        })?;
         let images = run
             .images
             .into_iter()
@@ -193,15 +195,16 @@ impl Pipeline {
     }
 
     /// The decoded images before 8-bit quantization: `[height, width, 3]` in [0, 1], exactly
-    /// what diffusers' pipelines return with `output_type="np"`. For parity checks.
+    /// what diffusers' pipelines return with `output_type="np"`. For parity checks. These are at
+    /// the generation size, before any upscaling (see `max_generation_side` in `easel.json`).
     pub fn generate_unit_pixels(
         &self,
         spec: &GenerationSpec,
         overrides: &Overrides,
     ) -> Result<(Vec<Array3<f32>>, Generation), GenerateError> {
-        let (width, height) = (spec.width as usize, spec.height as usize);
-        let run =
-            self.run(spec, overrides, &easel_core::generator::NoProgress, |pixels| to_unit_hwc(pixels, width, height))?;
+        let run = self.run(spec, overrides, &easel_core::generator::NoProgress, |pixels, plan| {
+            to_unit_hwc(pixels, plan.width, plan.height)
+        })?;
         let generation = Generation { images: Vec::new(), warnings: run.warnings, unet_calls: run.unet_calls };
         Ok((run.images, generation))
     }
@@ -218,12 +221,22 @@ impl Pipeline {
         spec: &GenerationSpec,
         overrides: &Overrides,
         progress: &dyn ProgressSink,
-        convert: impl Fn(&[f32]) -> T,
+        convert: impl Fn(&[f32], &Plan) -> T,
     ) -> Result<Run<T>, GenerateError> {
         let started = Instant::now();
         let mut timings = Timings::default();
         let mut warnings = Vec::new();
         let plan = self.validate(spec)?;
+        if plan.upscaled() {
+            warnings.push(format!(
+                "generated at {}x{} (this model's largest generation side is {}) and upscaled to {}x{}",
+                plan.width,
+                plan.height,
+                self.folder.manifest.max_generation_side.unwrap_or_default(),
+                plan.out_width,
+                plan.out_height
+            ));
+        }
         let choice = SamplerChoice { kind: self.sampler_for(spec), karras: spec.karras };
         let sampler_error =
             |message: String| GenerateError::InvalidRequest(format!("sampler {}: {message}", choice.kind));
@@ -328,7 +341,7 @@ impl Pipeline {
         };
 
         // [0, 255] → [−1, 1], planar.
-        let image = init.resized(spec.width, spec.height);
+        let image = init.resized(plan.width as u32, plan.height as u32);
         let plane = plan.width * plan.height;
         let mut pixels = vec![0.0f32; 3 * plane];
         for (i, rgb) in image.rgb.chunks_exact(3).enumerate() {
@@ -504,7 +517,7 @@ impl Pipeline {
         plan: &Plan,
         progress: &dyn ProgressSink,
         timings: &mut Timings,
-        convert: impl Fn(&[f32]) -> T,
+        convert: impl Fn(&[f32], &Plan) -> T,
     ) -> Result<Vec<T>, GenerateError> {
         let per_image = plan.latent_len();
         let scaling = self.folder.vae.scaling_factor;
@@ -523,7 +536,7 @@ impl Pipeline {
             let mut decode_time = Duration::ZERO;
             let image = self.vae_decoder.decode(&scaled, latent_shape, image_shape, |pixels| {
                 decode_time = decode_started.elapsed();
-                convert(pixels)
+                convert(pixels, plan)
             })?;
             timings.vae_decoder += decode_time;
             images.push(image);
@@ -553,15 +566,37 @@ impl Pipeline {
             return invalid("seeds must name at least one image".to_owned());
         }
         let factor = self.folder.vae.factor;
+        let (width, height) = self.generation_size(spec.width, spec.height);
         Ok(Plan {
             images: spec.seeds.len(),
             channels: self.folder.vae.latent_channels,
-            width: spec.width as usize,
-            height: spec.height as usize,
-            latent_width: (spec.width / factor) as usize,
-            latent_height: (spec.height / factor) as usize,
+            width: width as usize,
+            height: height as usize,
+            latent_width: (width / factor) as usize,
+            latent_height: (height / factor) as usize,
+            out_width: spec.width,
+            out_height: spec.height,
             guidance: spec.guidance,
         })
+    }
+
+    /// The size a request is generated at: its own, or, when `easel.json` caps the generation
+    /// side and the request is larger, the largest size of the same aspect ratio within the cap,
+    /// each side rounded to the size multiple (the image is then upscaled to the request's size).
+    fn generation_size(&self, width: u32, height: u32) -> (u32, u32) {
+        let longest = width.max(height);
+        match self.folder.manifest.max_generation_side {
+            Some(cap) if longest > cap => {
+                let multiple = self.descriptor.size_multiple;
+                let scaled = |side: u32| {
+                    let exact = u64::from(side) * u64::from(cap) / u64::from(longest);
+                    let rounded = (exact + u64::from(multiple) / 2) / u64::from(multiple) * u64::from(multiple);
+                    (rounded as u32).clamp(multiple, cap)
+                };
+                (scaled(width), scaled(height))
+            }
+            _ => (width, height),
+        }
     }
 
     /// Flat `[images, C, h, w]` unit-variance latents: the caller's, checked, or seeded noise.
@@ -635,7 +670,8 @@ impl TextStates {
     }
 }
 
-/// One validated request: its sizes in pixels and latent cells, and its guidance scale.
+/// One validated request: the size it is generated at, in pixels and latent cells, the size it
+/// is delivered at (larger when the model upscales), and its guidance scale.
 #[derive(Debug, Clone, Copy)]
 struct Plan {
     images: usize,
@@ -644,10 +680,16 @@ struct Plan {
     height: usize,
     latent_width: usize,
     latent_height: usize,
+    out_width: u32,
+    out_height: u32,
     guidance: f32,
 }
 
 impl Plan {
+    fn upscaled(&self) -> bool {
+        (self.width, self.height) != (self.out_width as usize, self.out_height as usize)
+    }
+
     fn latent_len(&self) -> usize {
         self.channels * self.latent_height * self.latent_width
     }
@@ -766,7 +808,15 @@ fn describe(folder: &ModelFolder, options: &PipelineOptions) -> Result<ModelDesc
             format!("default_guidance must be between 0 and {MAX_GUIDANCE}"),
         ));
     }
-    for (field, side) in [("native_width", descriptor.native_width), ("native_height", descriptor.native_height)] {
+    let cap = manifest.max_generation_side;
+    for (field, side) in [
+        ("native_width", Some(descriptor.native_width)),
+        ("native_height", Some(descriptor.native_height)),
+        ("max_generation_side", cap),
+    ]
+    .into_iter()
+    .filter_map(|(field, side)| Some((field, side?)))
+    {
         if side == 0 || side % multiple != 0 {
             return Err(LoadError::invalid(
                 &manifest_path,

@@ -240,6 +240,39 @@ fn a_corrupt_graph_fails_to_load_naming_the_file() {
     assert!(matches!(&err, LoadError::Session { path, .. } if path.ends_with("vae_decoder/model.onnx")), "{err:?}");
 }
 
+#[test]
+fn a_request_above_the_max_generation_side_is_generated_smaller_and_upscaled() {
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&common::tiny_model_dir(), copy.path());
+    let manifest_path = copy.path().join("easel.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["max_generation_side"] = 128.into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let capped = Pipeline::load(common::runtime(), copy.path(), &common::options()).unwrap();
+
+    let request = GenerationSpec { width: 512, height: 256, ..spec(&[3]) };
+    let generation = capped.generate(&request, &NoProgress).unwrap();
+    let image = &generation.images[0];
+    assert_eq!((image.width, image.height, image.rgb.len()), (512, 256, 512 * 256 * 3));
+    assert_eq!(
+        generation.warnings,
+        ["generated at 128x64 (this model's largest generation side is 128) and upscaled to 512x256"]
+    );
+    // The same image as the uncapped model's at 128x64, resized.
+    let small = pipeline().generate(&GenerationSpec { width: 128, height: 64, ..spec(&[3]) }, &NoProgress).unwrap();
+    assert_eq!(image.rgb, easel_core::generator::resize_rgb8(&small.images[0].rgb, (128, 64), (512, 256)));
+    // Within the cap nothing changes.
+    let within = capped.generate(&GenerationSpec { width: 128, height: 64, ..spec(&[3]) }, &NoProgress).unwrap();
+    assert_eq!(within.images[0].rgb, small.images[0].rgb);
+    assert!(within.warnings.is_empty(), "{:?}", within.warnings);
+
+    manifest["max_generation_side"] = 100.into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let err = Pipeline::load(common::runtime(), copy.path(), &common::options()).unwrap_err();
+    assert!(err.to_string().contains("max_generation_side must be a positive multiple of"), "{err}");
+}
+
 /// Copies a model folder, linking the (read-only) graphs instead of copying them.
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     for entry in std::fs::read_dir(from).unwrap() {
