@@ -4,8 +4,11 @@
 
 Usage:
     .venv-export/bin/python infra/train/evaluate_easel.py --model models/easel-shapes \
-        --easel target/release/easel [--sampler DDIM --steps 25 --guidance 5] [--negative red]
-Prints the table as JSON; --grid writes a PNG grid of the first images with their captions.
+        --easel target/release/easel [--sampler DDIM --steps 25 --guidance 5] [--size 1024x1024]
+        [--negative-study] [--grid docs/images/easel-shapes-grid.png]
+Prints the table as JSON: held-out one- and two-object captions, partial prompts ("a red star"),
+and with --negative-study the share of red objects without and with the negative prompt "red".
+--grid writes a PNG grid of the first images with their captions.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +32,55 @@ import scenes  # noqa: E402
 from train_model import SIZE, held_out_scenes  # noqa: E402
 
 
-def generate(easel: str, model: Path, prompt: str, seed: int, args, out: Path) -> np.ndarray:
+def generate(easel: str, model: Path, prompt: str, seed: int, args, out: Path, negative: str = "") -> np.ndarray:
+    """One image through `easel generate`, reduced to the native size (box filter) for the judge
+    when --size asks for a larger one."""
     cmd = [easel, "generate", "--model", str(model), prompt, "--seed", str(seed), "--out", str(out),
            "--steps", str(args.steps), "--guidance", str(args.guidance), "--sampler", args.sampler]
-    if args.negative:
-        cmd += ["--negative", args.negative]
+    if args.size:
+        cmd += ["--size", args.size]
+    if negative:
+        cmd += ["--negative", negative]
+    started = time.time()
     subprocess.run(cmd, check=True, capture_output=True)
+    CALLS.append(time.time() - started)
     (png,) = sorted(out.glob("*.png"))
-    return np.asarray(Image.open(png).convert("RGB"))
+    im = Image.open(png).convert("RGB")
+    return np.asarray(im if im.size == (SIZE, SIZE) else im.resize((SIZE, SIZE), Image.BOX))
+
+
+CALLS: list[float] = []
+
+
+def rates(rows, attributes=(*judge.ATTRIBUTES, "all")) -> dict:
+    return {**{a: float(np.mean([r[a] for r in rows])) for a in attributes}, "n": len(rows)}
+
+
+def partial_scenes(seed: int, n: int = 30):
+    """Prompts that name only a color and a shape ("a red star"): the rest is up to the model."""
+    rng = np.random.default_rng(seed)
+    colors = list(scenes.COLORS)
+    picks = [(scenes.SHAPES[rng.integers(len(scenes.SHAPES))], colors[rng.integers(len(colors))]) for _ in range(n)]
+    return [(f"a {color} {shape}", shape, color) for shape, color in picks]
+
+
+def negative_study(args, tmp: Path, n: int = 30) -> dict:
+    """Prompts that name no color ("a large star in the center, blue background"), generated with
+    no negative prompt and with the negative prompt "red": the share of objects judged red."""
+    rng = np.random.default_rng(args.seed + 3)
+    colors = [c for c in scenes.COLORS if c != "red"]
+    out = {}
+    prompts = [(scenes.SHAPES[rng.integers(len(scenes.SHAPES))], colors[rng.integers(len(colors))]) for _ in range(n)]
+    for negative in ("", "red"):
+        seen = []
+        for i, (shape, bg) in enumerate(prompts):
+            im = generate(args.easel, args.model, f"a large {shape} in the center, {bg} background", i, args,
+                          tmp / f"neg-{negative}-{i}", negative)
+            objs = judge.read_scene(im).objects
+            seen.append(objs[0].color if objs else "none")
+        out[negative or "(none)"] = {"red": seen.count("red") / n,
+                                     "colors": {c: seen.count(c) for c in sorted(set(seen))}}
+    return out
 
 
 def grid(images, captions, path: Path, cols: int = 6, scale: int = 3):
@@ -64,22 +109,34 @@ def main():
     ap.add_argument("--sampler", default="DDIM")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--guidance", type=float, default=5.0)
-    ap.add_argument("--negative", default="")
+    ap.add_argument("--size", help="WxH to ask easel for (judged after a box-filter reduction to the native size)")
+    ap.add_argument("--negative", default="", help="a negative prompt for every held-out caption")
+    ap.add_argument("--negative-study", action="store_true", help="also measure the negative prompt \"red\"")
     ap.add_argument("--grid", type=Path)
     args = ap.parse_args()
     ones, twos = held_out_scenes(scenes.held_out_triples(), args.seed + 2)
     report, shown = {}, []
     with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
         for name, group in (("one object", ones), ("two objects", twos)):
             rows = []
             for i, s in enumerate(group):
                 cap = scenes.full_caption(s)
-                im = generate(args.easel, args.model, cap, i, args, Path(tmp) / f"{name}-{i}")
+                im = generate(args.easel, args.model, cap, i, args, tmp / f"{name}-{i}", args.negative)
                 rows.append(judge.score(s, judge.read_scene(im)))
                 if len(shown) < 36 and i < 18:
                     shown.append((im, cap))
-            report[name] = {a: float(np.mean([r[a] for r in rows])) for a in (*judge.ATTRIBUTES, "all")}
-            report[name]["n"] = len(group)
+            report[name] = rates(rows)
+        rows = []
+        for i, (prompt, shape, color) in enumerate(partial_scenes(args.seed + 4)):
+            seen = judge.read_scene(generate(args.easel, args.model, prompt, i, args, tmp / f"partial-{i}"))
+            o = seen.objects[0] if seen.objects else None
+            rows.append({"color": o is not None and o.color == color, "shape": o is not None and o.shape == shape})
+            rows[-1]["all"] = rows[-1]["color"] and rows[-1]["shape"]
+        report["partial prompts"] = rates(rows, ("color", "shape", "all"))
+        if args.negative_study:
+            report["negative prompt"] = negative_study(args, tmp)
+    report["seconds per easel generate (load included)"] = round(float(np.median(CALLS)), 3)
     print(json.dumps(report, indent=1))
     if args.grid:
         grid([im for im, _ in shown], [c for _, c in shown], args.grid)

@@ -54,10 +54,13 @@ TEXT = dict(vocab_size=49408, hidden_size=64, intermediate_size=256, num_hidden_
 VAE = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 3,
            up_block_types=["UpDecoderBlock2D"] * 3, block_out_channels=[32, 64, 64], layers_per_block=1,
            latent_channels=4, norm_num_groups=16, sample_size=SIZE, mid_block_add_attention=False)
+# Attention (self and cross) only at the 8x8 and 4x4 levels and in the mid block: at 16x16 it took
+# over half of each training step on this CPU (softmax over 256x256 per head), and a 3x3 grid of
+# positions needs no finer attention than 8x8.
 UNET = dict(sample_size=SIZE // 4, in_channels=4, out_channels=4,
-            down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-            mid_block_type="UNetMidBlock2DCrossAttn", block_out_channels=[64, 128, 128], layers_per_block=1,
+            down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            mid_block_type="UNetMidBlock2DCrossAttn", block_out_channels=[32, 64, 128], layers_per_block=1,
             norm_num_groups=32, cross_attention_dim=64, attention_head_dim=8)
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                  prediction_type="epsilon", steps_offset=1, timestep_spacing="trailing")
@@ -69,9 +72,9 @@ def log(*a):
 
 # --- data ----------------------------------------------------------------------------------------
 
-def make_dataset(n: int, seed: int, held_out: set):
+def make_dataset(n: int, seed: int, held_out: set, two_objects: float):
     rng = np.random.default_rng(seed)
-    data = [scenes.random_scene(rng, held_out) for _ in range(n)]
+    data = [scenes.random_scene(rng, held_out, two_objects) for _ in range(n)]
     imgs = np.stack([scenes.render(s, SIZE, rng) for s in data])
     return data, imgs
 
@@ -98,14 +101,17 @@ class Tokens:
 
 # --- training ------------------------------------------------------------------------------------
 
-def train_vae(vae, imgs: torch.Tensor, minutes: float, batch: int, seed: int):
+def train_vae(vae, imgs: torch.Tensor, minutes: float, batch: int, seed: int, crop: int = SIZE // 2):
+    """The VAE has no attention, so it is trained on random crops (aligned to its latent cells):
+    a 32x32 crop costs a quarter of a whole image, for the same local reconstruction task."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
     start, step = time.time(), 0
     vae.train()
     while time.time() - start < minutes * 60:
         idx = torch.randint(0, len(imgs), (batch,), generator=g)
-        x = imgs[idx]
+        cy, cx = (torch.randint(0, (SIZE - crop) // 4 + 1, (2,), generator=g) * 4).tolist()
+        x = imgs[idx, :, cy : cy + crop, cx : cx + crop]
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         y = vae.decode(z).sample
@@ -343,10 +349,11 @@ def main():
     ap.add_argument("--out", type=Path, default=REPO / "models" / "easel-shapes")
     ap.add_argument("--seed", type=int, default=20261203)
     ap.add_argument("--images", type=int, default=40000)
-    ap.add_argument("--vae-minutes", type=float, default=15)
-    ap.add_argument("--diffusion-minutes", type=float, default=65)
-    ap.add_argument("--vae-batch", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--two-objects", type=float, default=0.4, help="share of two-object training scenes")
+    ap.add_argument("--vae-minutes", type=float, default=12)
+    ap.add_argument("--diffusion-minutes", type=float, default=60)
+    ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint", type=Path, metavar="CHECKPOINT",
                     help="skip training: evaluate and export a checkpoint that an earlier run saved")
@@ -369,7 +376,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     tok = tiny.build_tokenizer(args.bpe, args.out / "tokenizer")
     tokens = Tokens(tok)
-    data, imgs = make_dataset(args.images, args.seed, held_out)
+    data, imgs = make_dataset(args.images, args.seed, held_out, args.two_objects)
     log(f"dataset: {len(data)} scenes, {len(held_out)} held-out triples, {time.time() - t0:.0f} s")
 
     if args.checkpoint:
@@ -397,7 +404,7 @@ def main():
         log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
         training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
                     "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "diffusion_steps": steps,
-                    "vae_batch": args.vae_batch, "batch": args.batch, "threads": args.threads,
+                    "vae_batch": args.vae_batch, "batch": args.batch, "two_objects": args.two_objects, "threads": args.threads,
                     "scaling_factor": scaling}
         torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(),
                     "scaling": scaling, "training": training}, work / "checkpoint.pt")
@@ -417,7 +424,8 @@ def main():
             "description": "easel's own small Stable-Diffusion-architecture model, trained from scratch on procedural "
                            "scenes: one or two shapes (circle, square, triangle, star, cross) in eight colors, small or "
                            "large, on a 3x3 grid, on a plain background. It draws nothing else.",
-            "default_steps": 25, "default_guidance": 5.0, "native_width": SIZE, "native_height": SIZE}
+            "default_steps": 25, "default_guidance": 5.0, "native_width": SIZE, "native_height": SIZE,
+            "max_generation_side": SIZE}
     export_folder(args.out, tok, text, unet, vae, scaling, sorted(vocab), meta)
     summary = {**training, "versions": tiny.versions(), "adherence": report,
                "bytes": sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())}
