@@ -183,6 +183,9 @@ impl Pipeline {
     ) -> Result<(Generation, Timings), GenerateError> {
         let run = self.run(spec, overrides, progress, |pixels, plan| {
             let rgb = to_rgb8(pixels, plan.width, plan.height);
+            if !plan.upscaled() {
+                return rgb; // the common case: no copy
+            }
             resize_rgb8(&rgb, (plan.width as u32, plan.height as u32), (plan.out_width, plan.out_height))
         })?;
         let images = run
