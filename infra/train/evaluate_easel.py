@@ -5,16 +5,20 @@
 Usage:
     .venv-export/bin/python infra/train/evaluate_easel.py --model models/easel-shapes \
         --easel target/release/easel [--sampler DDIM --steps 25 --guidance 5] [--size 1024x1024]
-        [--negative-study] [--grid docs/images/easel-shapes-grid.png]
-Prints the table as JSON: held-out one- and two-object captions, partial prompts ("a red star"),
-and with --negative-study the share of red objects without and with the negative prompt "red".
---grid writes a PNG grid of the first images with their captions.
+        [--negative-study] [--no-upscale] [--grid docs/images/easel-shapes-grid.png]
+Prints the table as JSON: held-out one- and two-object captions (with the judge's own checks: the
+ground-truth renders, and each image judged against another scene's caption), partial prompts
+("a red star"), and with --negative-study the share of red objects without and with the negative
+prompt "red". --no-upscale runs a copy of the model without its easel.json max_generation_side, so
+that a larger --size is generated natively instead of upscaled. --grid writes a PNG grid of
+images with their captions.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -112,27 +116,40 @@ def main():
     ap.add_argument("--size", help="WxH to ask easel for (judged after a box-filter reduction to the native size)")
     ap.add_argument("--negative", default="", help="a negative prompt for every held-out caption")
     ap.add_argument("--negative-study", action="store_true", help="also measure the negative prompt \"red\"")
+    ap.add_argument("--no-upscale", action="store_true",
+                    help="generate larger sizes natively (a copy of the model without max_generation_side)")
     ap.add_argument("--grid", type=Path)
     args = ap.parse_args()
     ones, twos = held_out_scenes(scenes.held_out_triples(), args.seed + 2)
     report, shown = {}, []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        if args.no_upscale:
+            copy = tmp / args.model.name
+            shutil.copytree(args.model, copy)
+            meta = json.loads((copy / "easel.json").read_text())
+            meta.pop("max_generation_side", None)
+            (copy / "easel.json").write_text(json.dumps(meta))
+            args.model = copy
         for name, group in (("one object", ones), ("two objects", twos)):
-            rows = []
-            for i, s in enumerate(group):
-                cap = scenes.full_caption(s)
-                im = generate(args.easel, args.model, cap, i, args, tmp / f"{name}-{i}", args.negative)
-                rows.append(judge.score(s, judge.read_scene(im)))
-                if len(shown) < 36 and i < 18:
-                    shown.append((im, cap))
-            report[name] = rates(rows)
+            images = [generate(args.easel, args.model, scenes.full_caption(s), i, args, tmp / f"{name}-{i}",
+                               args.negative) for i, s in enumerate(group)]
+            seen = [judge.read_scene(im) for im in images]
+            report[name] = {
+                "model": rates([judge.score(s, r) for s, r in zip(group, seen)]),
+                "shuffled captions": rates([judge.score(group[(i + 1) % len(group)], r) for i, r in enumerate(seen)]),
+                "ground truth": rates([judge.score(s, judge.read_scene(scenes.render(s, SIZE))) for s in group]),
+            }
+            shown += [(im, scenes.full_caption(s)) for im, s in list(zip(images, group))[:15]]
         rows = []
         for i, (prompt, shape, color) in enumerate(partial_scenes(args.seed + 4)):
-            seen = judge.read_scene(generate(args.easel, args.model, prompt, i, args, tmp / f"partial-{i}"))
+            im = generate(args.easel, args.model, prompt, i, args, tmp / f"partial-{i}")
+            seen = judge.read_scene(im)
             o = seen.objects[0] if seen.objects else None
             rows.append({"color": o is not None and o.color == color, "shape": o is not None and o.shape == shape})
             rows[-1]["all"] = rows[-1]["color"] and rows[-1]["shape"]
+            if i < 6:
+                shown.append((im, prompt))
         report["partial prompts"] = rates(rows, ("color", "shape", "all"))
         if args.negative_study:
             report["negative prompt"] = negative_study(args, tmp)

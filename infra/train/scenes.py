@@ -184,3 +184,50 @@ def full_caption(scene: Scene) -> str:
         f"a {o.size} {o.color} {o.shape} " + ("in the center" if o.position == "center" else f"on the {o.position}")
         for o in scene.objects)
     return f"{things}, {scene.background} background"
+
+
+# --- caption parsing (labels for the text encoder's pretraining) ------------------------------------
+
+LABELS = {"background": tuple(COLORS), "count": (1, 2)}
+OBJECT_LABELS = {"shape": SHAPES, "color": tuple(COLORS), "size": SIZES, "position": tuple(POSITIONS)}
+_SIZE_WORDS = {"small": "small", "tiny": "small", "large": "large", "big": "large"}
+_POSITION_PHRASES = sorted(
+    [(f"{p} {w}", w) for w in POSITIONS for p in ("on the", "at the", "in the")]
+    + [("in the center", "center"), ("in the middle", "center"), ("at the center", "center")],
+    key=lambda x: -len(x[0]))
+
+
+def parse_caption(text: str) -> dict[str, int]:
+    """What a caption of this grammar says, as label indices (-1 where it says nothing): the
+    background, the number of objects and each object's shape, color, size and position, in caption
+    order. Pretraining the text encoder to read these off its own outputs keeps the outputs
+    informative (see train_model.pretrain_text)."""
+    out = {"background": -1, "count": -1}
+    out.update({f"{k}{i}": -1 for i in range(2) for k in OBJECT_LABELS})
+    text = text.lower().strip().rstrip(".")
+    for bg in COLORS:
+        if f"{bg} background" in text:
+            out["background"] = LABELS["background"].index(bg)
+            text = (text.replace(f"a {bg} background with ", "").replace(f" on a {bg} background", "")
+                    .replace(f", {bg} background", "").replace(f". {bg} background", "")
+                    .replace(f"on a {bg} background", "").replace(f"a {bg} background", "")
+                    .replace(f"{bg} background", ""))
+            break
+    phrases = [p.strip(" ,.") for p in text.split(" and ") if p.strip(" ,.")]
+    if not phrases or len(phrases) > 2:
+        return out
+    out["count"] = len(phrases) - 1
+    for i, p in enumerate(phrases):
+        for phrase, pos in _POSITION_PHRASES:
+            if p.endswith(phrase):
+                out[f"position{i}"] = OBJECT_LABELS["position"].index(pos)
+                p = p[: -len(phrase)]
+                break
+        for w in p.split():
+            if w in _SIZE_WORDS:
+                out[f"size{i}"] = SIZES.index(_SIZE_WORDS[w])
+            elif w in COLORS:
+                out[f"color{i}"] = OBJECT_LABELS["color"].index(w)
+            elif w in SHAPES:
+                out[f"shape{i}"] = SHAPES.index(w)
+    return out
