@@ -1,6 +1,6 @@
 # The worker image: the easel-worker binary, ONNX Runtime from the PyPI wheel, and a model folder.
 #
-#   docker build -f infra/worker.Dockerfile -t easel-worker .                  # the bundled tiny model
+#   docker build -f infra/worker.Dockerfile -t easel-worker .                  # the bundled model (easel-shapes)
 #   docker build -f infra/worker.Dockerfile --build-arg MODEL_DIR=models/my-sd15 -t easel-worker .
 #
 # As a Lambda function (the SAM template's WorkerFunction) it is fed by the jobs queue. On a GPU or
@@ -25,7 +25,7 @@ RUN cargo build --release --locked -p easel-fn-worker --bin easel-worker \
     && cp target/release/easel-worker /easel-worker
 
 FROM public.ecr.aws/lambda/provided:al2023
-ARG MODEL_DIR=models/tiny-sd
+ARG MODEL_DIR=models/easel-shapes
 COPY --from=build /easel-worker ${LAMBDA_RUNTIME_DIR}/bootstrap
 COPY --from=build /src/.easel/onnxruntime/ /opt/easel/onnxruntime/
 COPY --from=build /src/.easel/models/nudenet/ /opt/easel/moderation/

@@ -51,7 +51,7 @@ enum Command {
     },
     /// Show what a model folder contains and its defaults.
     Models {
-        #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
+        #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/easel-shapes")]
         model: PathBuf,
     },
 }
@@ -74,7 +74,7 @@ struct ServeArgs {
     #[command(flatten)]
     data: DataArgs,
     /// Model folder (diffusers/optimum ONNX layout).
-    #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
+    #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/easel-shapes")]
     model: PathBuf,
     /// Base URL clients use to reach this server, for image links [default: http://ADDR].
     #[arg(long, env = "EASEL_PUBLIC_URL")]
@@ -157,7 +157,7 @@ struct GenerateArgs {
     /// Negative prompt: what the images should not show.
     #[arg(long, default_value = "")]
     negative: String,
-    #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/tiny-sd")]
+    #[arg(long, env = "EASEL_MODEL_DIR", default_value = "models/easel-shapes")]
     model: PathBuf,
     /// Where the model runs: cpu, cuda or cuda:N (needs an ONNX Runtime with CUDA).
     #[arg(long, env = "EASEL_DEVICE", default_value = "cpu")]

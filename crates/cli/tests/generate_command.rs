@@ -1,4 +1,4 @@
-//! `easel generate` as a user runs it: a real process, the committed tiny model, files on disk.
+//! `easel generate` as a user runs it: a real process, the bundled default model, files on disk.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -8,13 +8,22 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap().to_path_buf()
 }
 
+/// `easel` with the default model folder (the bundled `models/easel-shapes`).
 fn easel(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_easel"))
         .args(args)
         .current_dir(workspace_root())
         .env("EASEL_LOG", "warn")
+        .env_remove("EASEL_MODEL_DIR")
         .output()
         .unwrap()
+}
+
+/// `easel` on the random-weight test model, whose VAE factor (8) and size rules these tests spell out.
+fn easel_tiny(args: &[&str]) -> Output {
+    let mut with_model = args.to_vec();
+    with_model.extend(["--model", "models/tiny-sd"]);
+    easel(&with_model)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -61,11 +70,11 @@ fn generate_writes_one_png_per_seed_with_the_sampler_and_style_asked_for() {
 fn generate_starts_from_an_init_image_and_from_explicit_latents() {
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().to_str().unwrap();
-    let first = easel(&["generate", "a fox", "--steps", "2", "--size", "64x64", "--seed", "7", "--out", dir]);
+    let first = easel_tiny(&["generate", "a fox", "--steps", "2", "--size", "64x64", "--seed", "7", "--out", dir]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     let init = out.path().join("7.png");
     let img2img_dir = out.path().join("img2img");
-    let second = easel(&[
+    let second = easel_tiny(&[
         "generate",
         "a fox at night",
         "--steps",
@@ -92,7 +101,7 @@ fn generate_starts_from_an_init_image_and_from_explicit_latents() {
     ndarray_npy::write_npy(&latents, &ndarray::Array4::<f32>::from_elem((1, 4, 8, 8), 0.5)).unwrap();
     let run = |seed: &str, sub: &str| {
         let target = out.path().join(sub);
-        let output = easel(&[
+        let output = easel_tiny(&[
             "generate",
             "x",
             "--steps",
@@ -130,7 +139,7 @@ fn generate_refuses_bad_input_with_a_message_and_no_panic() {
         (&["generate", "x", "--init-image", "Cargo.toml"], "PNG, JPEG or WebP"),
     ];
     for (args, words) in cases {
-        let output = easel(args);
+        let output = easel_tiny(args);
         let stderr = text(&output.stderr);
         assert!(!output.status.success(), "{args:?} succeeded");
         assert!(stderr.contains(words), "{args:?}: {stderr}");

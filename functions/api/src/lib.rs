@@ -16,9 +16,9 @@ pub struct Config {
     /// How long the synchronous dialects wait before answering 202 (`EASEL_SYNC_WAIT_SECONDS`,
     /// default 25: API Gateway ends a request after 29 s).
     pub sync_wait: Duration,
-    /// The model the workers run, as callers may name it: `EASEL_MODEL_ID` (default `tiny-sd`),
-    /// `EASEL_MODEL_SIZES` (default `256x256,512x512,1024x1024`), `EASEL_MODEL_ALIASES` (default
-    /// `dall-e-2,dall-e-3,gpt-image-1`).
+    /// The model the workers run, as callers may name it: `EASEL_MODEL_ID` (default
+    /// `easel-shapes`, the bundled model), `EASEL_MODEL_SIZES` (default
+    /// `256x256,512x512,1024x1024`), `EASEL_MODEL_ALIASES` (default `dall-e-2,dall-e-3,gpt-image-1`).
     pub models: ModelCatalog,
     /// Per-key submissions a minute (`EASEL_RATE_LIMIT_PER_MINUTE`, default 0 = unlimited) and
     /// burst (`EASEL_RATE_LIMIT_BURST`, default the per-minute rate), per function instance.
@@ -47,7 +47,7 @@ impl Config {
         let sync_wait: u64 = env.parsed(lookup, "EASEL_SYNC_WAIT_SECONDS", 25, "a number of seconds");
         let setting = |name: &str, default: &str| lookup(name).unwrap_or_else(|| default.to_owned());
         let models = ModelCatalog::from_settings(
-            &setting("EASEL_MODEL_ID", "tiny-sd"),
+            &setting("EASEL_MODEL_ID", "easel-shapes"),
             &setting("EASEL_MODEL_SIZES", "256x256,512x512,1024x1024"),
             &setting("EASEL_MODEL_ALIASES", &DEFAULT_ALIASES.join(",")),
         );
