@@ -5,11 +5,11 @@
 Usage:
     .venv-export/bin/python infra/train/evaluate_easel.py --model models/easel-shapes \
         --easel target/release/easel [--sampler DDIM --steps 25 --guidance 5] [--size 1024x1024]
-        [--negative-study] [--no-upscale] [--grid docs/images/easel-shapes-grid.png]
+        [--negative-study] [--no-upscale] [--grid docs/images/easel-shapes-grid.png] [--groups one,two,partial]
 Prints the table as JSON: held-out one- and two-object captions (with the judge's own checks: the
 ground-truth renders, and each image judged against another scene's caption), partial prompts
-("a red star"), and with --negative-study the share of red objects without and with the negative
-prompt "red". --no-upscale runs a copy of the model without its easel.json max_generation_side, so
+("a red star"), and with --negative-study how often a negative prompt naming the color an image
+drew changes that color (against a control negative prompt naming another color). --no-upscale runs a copy of the model without its easel.json max_generation_side, so
 that a larger --size is generated natively instead of upscaled. --grid writes a PNG grid of
 images with their captions.
 """
@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 
 import judge  # noqa: E402
 import scenes  # noqa: E402
-from train_model import SIZE, held_out_scenes  # noqa: E402
+from train_model import SIZE, held_out_scenes, other_scene  # noqa: E402
 
 
 def generate(easel: str, model: Path, prompt: str, seed: int, args, out: Path, negative: str = "") -> np.ndarray:
@@ -69,22 +69,41 @@ def partial_scenes(seed: int, n: int = 30):
 
 
 def negative_study(args, tmp: Path, n: int = 30) -> dict:
-    """Prompts that name no color ("a large star in the center, blue background"), generated with
-    no negative prompt and with the negative prompt "red": the share of objects judged red."""
+    """Does the negative prompt move colors? 30 prompts that name no object color ("a large star in
+    the center, blue background") are generated three times with the same seed: with no negative
+    prompt, then with the color that first image drew as the negative prompt, and, as the control,
+    with another color (neither that one nor the background) as the negative prompt. Reports how
+    often the object keeps its first color in each case; only the negative prompt naming the drawn
+    color should make it change."""
     rng = np.random.default_rng(args.seed + 3)
-    colors = [c for c in scenes.COLORS if c != "red"]
-    out = {}
+    colors = list(scenes.COLORS)
     prompts = [(scenes.SHAPES[rng.integers(len(scenes.SHAPES))], colors[rng.integers(len(colors))]) for _ in range(n)]
-    for negative in ("", "red"):
-        seen = []
-        for i, (shape, bg) in enumerate(prompts):
-            im = generate(args.easel, args.model, f"a large {shape} in the center, {bg} background", i, args,
-                          tmp / f"neg-{negative}-{i}", negative)
-            objs = judge.read_scene(im).objects
-            seen.append(objs[0].color if objs else "none")
-        out[negative or "(none)"] = {"red": seen.count("red") / n,
-                                     "colors": {c: seen.count(c) for c in sorted(set(seen))}}
-    return out
+
+    def color(i: int, negative: str) -> str:
+        shape, bg = prompts[i]
+        im = generate(args.easel, args.model, f"a large {shape} in the center, {bg} background", i, args,
+                      tmp / f"neg-{negative or 'none'}-{i}", negative)
+        objs = judge.read_scene(im).objects
+        return objs[0].color if objs else "none"
+
+    first = [color(i, "") for i in range(n)]
+    rows = []
+    for i, c in enumerate(first):
+        if c == "none":
+            continue
+        other = [x for x in colors if x not in (c, prompts[i][1])]
+        control = other[rng.integers(len(other))]
+        rows.append({"first": c, "with its color negative": color(i, c), "control negative": control,
+                     "with the control negative": color(i, control)})
+    m = max(len(rows), 1)
+    return {
+        "prompts": n,
+        "drawn an object": len(rows),
+        "kept its color, negative = that color": sum(r["with its color negative"] == r["first"] for r in rows) / m,
+        "kept its color, negative = another color": sum(r["with the control negative"] == r["first"] for r in rows) / m,
+        "first colors": {c: first.count(c) for c in sorted(set(first))},
+        "samples": rows[:10],
+    }
 
 
 def grid(images, captions, path: Path, cols: int = 6, scale: int = 3):
@@ -115,10 +134,13 @@ def main():
     ap.add_argument("--guidance", type=float, default=5.0)
     ap.add_argument("--size", help="WxH to ask easel for (judged after a box-filter reduction to the native size)")
     ap.add_argument("--negative", default="", help="a negative prompt for every held-out caption")
-    ap.add_argument("--negative-study", action="store_true", help="also measure the negative prompt \"red\"")
+    ap.add_argument("--negative-study", action="store_true",
+                    help="also measure whether a negative prompt naming a color moves the object off it")
     ap.add_argument("--no-upscale", action="store_true",
                     help="generate larger sizes natively (a copy of the model without max_generation_side)")
     ap.add_argument("--grid", type=Path)
+    ap.add_argument("--groups", default="one,two,partial",
+                    help="which prompt groups to run: one (object), two (objects), partial (prompts)")
     args = ap.parse_args()
     ones, twos = held_out_scenes(scenes.held_out_triples(), args.seed + 2)
     report, shown = {}, []
@@ -131,18 +153,21 @@ def main():
             meta.pop("max_generation_side", None)
             (copy / "easel.json").write_text(json.dumps(meta))
             args.model = copy
+        groups = args.groups.split(",")
         for name, group in (("one object", ones), ("two objects", twos)):
+            if name.split()[0] not in groups:
+                continue
             images = [generate(args.easel, args.model, scenes.full_caption(s), i, args, tmp / f"{name}-{i}",
                                args.negative) for i, s in enumerate(group)]
             seen = [judge.read_scene(im) for im in images]
             report[name] = {
                 "model": rates([judge.score(s, r) for s, r in zip(group, seen)]),
-                "shuffled captions": rates([judge.score(group[(i + 1) % len(group)], r) for i, r in enumerate(seen)]),
+                "shuffled captions": rates([judge.score(group[j], r) for j, r in zip(other_scene(len(group)), seen)]),
                 "ground truth": rates([judge.score(s, judge.read_scene(scenes.render(s, SIZE))) for s in group]),
             }
             shown += [(im, scenes.full_caption(s)) for im, s in list(zip(images, group))[:15]]
         rows = []
-        for i, (prompt, shape, color) in enumerate(partial_scenes(args.seed + 4)):
+        for i, (prompt, shape, color) in enumerate(partial_scenes(args.seed + 4) if "partial" in groups else []):
             im = generate(args.easel, args.model, prompt, i, args, tmp / f"partial-{i}")
             seen = judge.read_scene(im)
             o = seen.objects[0] if seen.objects else None
@@ -150,7 +175,8 @@ def main():
             rows[-1]["all"] = rows[-1]["color"] and rows[-1]["shape"]
             if i < 6:
                 shown.append((im, prompt))
-        report["partial prompts"] = rates(rows, ("color", "shape", "all"))
+        if rows:
+            report["partial prompts"] = rates(rows, ("color", "shape", "all"))
         if args.negative_study:
             report["negative prompt"] = negative_study(args, tmp)
     report["seconds per easel generate (load included)"] = round(float(np.median(CALLS)), 3)
