@@ -145,18 +145,22 @@ class CaptionProbe(torch.nn.Module):
 
 # --- training ------------------------------------------------------------------------------------
 
-def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, batch, seed):
+def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, batch, seed, probe_only=False):
     """Train the text encoder alone to state each caption's labels (through the probe) before the
     UNet sees it. Without this, joint training from scratch collapses the encoder's outputs to a
     constant within 50 steps (random text features are noise to a young UNet, and the cheapest way
-    to silence noise is to output nothing), after which no caption can be learned."""
+    to silence noise is to output nothing), after which no caption can be learned.
+    `probe_only` fits a fresh probe to a trained encoder, which stays as it is (--resume)."""
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(list(text.parameters()) + list(probe.parameters()), lr=1e-3, weight_decay=1e-2)
+    params = list(probe.parameters()) + ([] if probe_only else list(text.parameters()))
+    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     start, step = time.time(), 0
-    text.train()
+    text.train(not probe_only)
     while time.time() - start < minutes * 60:
         caps = [scenes.caption(data[i], rng) for i in rng.integers(0, len(data), batch)]
-        loss, acc = probe(text(input_ids=tokens(caps)).last_hidden_state, labels(caps))
+        with torch.set_grad_enabled(not probe_only):
+            hidden = text(input_ids=tokens(caps)).last_hidden_state
+        loss, acc = probe(hidden, labels(caps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -480,6 +484,9 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint", type=Path, metavar="CHECKPOINT",
                     help="skip training: evaluate and export a checkpoint that an earlier run saved")
+    ap.add_argument("--resume", type=Path, metavar="CHECKPOINT",
+                    help="continue an earlier run: keep its VAE, train its text encoder and UNet for "
+                         "--diffusion-minutes more (a fresh cosine schedule), then evaluate and export")
     ap.add_argument("--no-eval", action="store_true", help="skip the adherence evaluation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -497,49 +504,77 @@ def main():
     t0 = time.time()
     work = REPO / ".easel" / "train"
     work.mkdir(parents=True, exist_ok=True)
+    probe, labels = CaptionProbe(TEXT["hidden_size"]), Labels()
+    previous = None
+    if args.checkpoint or args.resume:
+        ck = torch.load(args.checkpoint or args.resume)
+        for m, k in ((vae, "vae"), (text, "text"), (unet, "unet")):
+            m.load_state_dict(ck[k])
+            m.eval()
+        if "probe" in ck:
+            probe.load_state_dict(ck["probe"])
+        scaling, training = ck["scaling"], ck.get("training", {})
+        previous = training
+        if args.resume:
+            # Continue on the dataset the checkpoint was trained on, whatever the command line says.
+            for key in ("seed", "images", "two_objects"):
+                if key in previous and previous[key] != getattr(args, key):
+                    log(f"--resume: {key} {previous[key]} from the checkpoint (not {getattr(args, key)})")
+                    setattr(args, key, previous[key])
     tok = tiny.build_tokenizer(args.bpe, args.out / "tokenizer")
     tokens = Tokens(tok)
     data, imgs = make_dataset(args.images, args.seed, held_out, args.two_objects)
     log(f"dataset: {len(data)} scenes, {len(held_out)} held-out triples, {time.time() - t0:.0f} s")
-
-    if args.checkpoint:
-        ck = torch.load(args.checkpoint)
-        for m, k in ((vae, "vae"), (text, "text"), (unet, "unet")):
-            m.load_state_dict(ck[k])
-            m.eval()
-        scaling, training = ck["scaling"], ck.get("training", {})
-    else:
+    if not args.checkpoint:
         x = to_tensor(imgs)
-        log("vae parameters:", sum(p.numel() for p in vae.parameters()))
-        t1 = time.time()
-        vae_steps = train_vae(vae, x, background_colors(data), args.vae_minutes, args.vae_batch, args.seed)
-        means, stds = encode_all(vae, x)
-        scaling = float(1.0 / means.std())
-        with torch.no_grad():
-            rec = vae.decode(means[:256]).sample
-            vae_psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, x[:256])))
-        log(f"vae: {vae_steps} steps in {time.time() - t1:.0f} s, PSNR {vae_psnr:.1f} dB, scaling {scaling:.4f}")
-        ceiling = {name: vae_ceiling(vae, group) for name, group in
-                   zip(("one object", "two objects"), held_out_scenes(held_out, args.seed + 2))}
-        log("the judge on held-out ground truth through the VAE:", json.dumps(ceiling))
-        log("text parameters:", sum(p.numel() for p in text.parameters()),
-            "unet parameters:", sum(p.numel() for p in unet.parameters()))
-        probe, labels = CaptionProbe(TEXT["hidden_size"]), Labels()
+        if args.resume:
+            means, stds = encode_all(vae, x)
+            log(f"resuming {args.resume}: {previous.get('diffusion_steps')} diffusion steps so far")
+            if "probe" not in ck:
+                probe_steps, acc = pretrain_text(text, probe, data, tokens, labels, 1, 256, args.seed + 6,
+                                                 probe_only=True)
+                log(f"probe fitted to the encoder: {probe_steps} steps, label accuracy {acc:.3f}")
+        else:
+            log("vae parameters:", sum(p.numel() for p in vae.parameters()))
+            t1 = time.time()
+            vae_steps = train_vae(vae, x, background_colors(data), args.vae_minutes, args.vae_batch, args.seed)
+            means, stds = encode_all(vae, x)
+            scaling = float(1.0 / means.std())
+            with torch.no_grad():
+                rec = vae.decode(means[:256]).sample
+                vae_psnr = float(10 * torch.log10(4.0 / F.mse_loss(rec, x[:256])))
+            log(f"vae: {vae_steps} steps in {time.time() - t1:.0f} s, PSNR {vae_psnr:.1f} dB, scaling {scaling:.4f}")
+            ceiling = {name: vae_ceiling(vae, group) for name, group in
+                       zip(("one object", "two objects"), held_out_scenes(held_out, args.seed + 2))}
+            log("the judge on held-out ground truth through the VAE:", json.dumps(ceiling))
+            log("text parameters:", sum(p.numel() for p in text.parameters()),
+                "unet parameters:", sum(p.numel() for p in unet.parameters()))
+            t2 = time.time()
+            text_steps, text_acc = pretrain_text(text, probe, data, tokens, labels, args.text_minutes, 256,
+                                                 args.seed + 3)
+            log(f"text encoder: {text_steps} steps in {time.time() - t2:.0f} s, label accuracy {text_acc:.3f}")
         t2 = time.time()
-        text_steps, text_acc = pretrain_text(text, probe, data, tokens, labels, args.text_minutes, 256, args.seed + 3)
-        log(f"text encoder: {text_steps} steps in {time.time() - t2:.0f} s, label accuracy {text_acc:.3f}")
-        t2 = time.time()
+        # Each resumption draws other batches than the runs it continues.
+        diffusion_seed = args.seed + 1 + (5 * (1 + len(previous.get("resumed", []))) if args.resume else 0)
         steps = train_diffusion(text, unet, probe, means * scaling, stds * scaling, data, tokens, labels,
-                                args.diffusion_minutes, args.batch, args.seed + 1)
+                                args.diffusion_minutes, args.batch, diffusion_seed)
         log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
-        training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
-                    "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "vae_ceiling": ceiling,
-                    "text_steps": text_steps,
-                    "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
-                    "vae_batch": args.vae_batch, "batch": args.batch, "two_objects": args.two_objects, "threads": args.threads,
-                    "scaling_factor": scaling}
+        if args.resume:
+            training = {**previous, "diffusion_steps": previous["diffusion_steps"] + steps,
+                        "train_seconds": previous["train_seconds"] + round(time.time() - t0),
+                        "resumed": previous.get("resumed", []) + [
+                            {"diffusion_steps": steps, "minutes": args.diffusion_minutes,
+                             "earlier_diffusion_steps": previous["diffusion_steps"]}]}
+        else:
+            training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
+                        "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "vae_ceiling": ceiling,
+                        "text_steps": text_steps,
+                        "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
+                        "vae_batch": args.vae_batch, "batch": args.batch, "two_objects": args.two_objects,
+                        "threads": args.threads, "scaling_factor": scaling}
         torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(),
-                    "scaling": scaling, "training": training}, work / "checkpoint.pt")
+                    "probe": probe.state_dict(), "scaling": scaling, "training": training},
+                   work / f"{args.out.name}.pt")
 
     report = None
     if not args.no_eval:
