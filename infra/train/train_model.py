@@ -14,7 +14,8 @@ pipeline, samplers and moderation run it unchanged. Stages:
    shrinking the token embedding table to the tokens the captions use;
 5. evaluate adherence on held-out captions with judge.py and write the report.
 
-Each stage has a time budget in minutes; the script prints losses as it goes.
+Each stage has a budget in minutes (the default) or in steps (deterministic: the same weights on
+any machine for a seed and thread count); the script prints losses as it goes.
 
 Usage (normally through infra/train/train.sh):
     python infra/train/train_model.py --bpe bpe_simple_vocab_16e6.txt.gz --out models/easel-shapes
@@ -145,7 +146,26 @@ class CaptionProbe(torch.nn.Module):
 
 # --- training ------------------------------------------------------------------------------------
 
-def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, batch, seed, probe_only=False):
+class Budget:
+    """How long a phase trains: minutes of wall time (the default), or a fixed number of steps.
+    With minutes the step count, and so the weights, depend on the machine's speed; with steps the
+    weights are the same on any machine for the same seed and thread count. The learning-rate
+    schedules follow `fraction`."""
+
+    def __init__(self, minutes: float, steps: int | None = None):
+        self.minutes, self.steps, self.start = minutes, steps, time.time()
+
+    def fraction(self, step: int) -> float:
+        if self.steps is not None:
+            return step / max(1, self.steps)
+        return (time.time() - self.start) / (self.minutes * 60)
+
+    def left(self, step: int) -> bool:
+        return self.fraction(step) < 1.0
+
+
+def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, batch, seed, probe_only=False,
+                  steps=None):
     """Train the text encoder alone to state each caption's labels (through the probe) before the
     UNet sees it. Without this, joint training from scratch collapses the encoder's outputs to a
     constant within 50 steps (random text features are noise to a young UNet, and the cheapest way
@@ -154,9 +174,9 @@ def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, ba
     rng = np.random.default_rng(seed)
     params = list(probe.parameters()) + ([] if probe_only else list(text.parameters()))
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
-    start, step = time.time(), 0
+    budget, step = Budget(minutes, steps), 0
     text.train(not probe_only)
-    while time.time() - start < minutes * 60:
+    while budget.left(step):
         caps = [scenes.caption(data[i], rng) for i in rng.integers(0, len(data), batch)]
         with torch.set_grad_enabled(not probe_only):
             hidden = text(input_ids=tokens(caps)).last_hidden_state
@@ -171,7 +191,7 @@ def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, ba
 
 
 def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float, batch: int, seed: int,
-              crop: int = SIZE // 2, object_weight: float = 10.0):
+              crop: int = SIZE // 2, object_weight: float = 10.0, steps=None):
     """The VAE has no attention, so it is trained on random crops (aligned to its latent cells):
     a 32x32 crop costs a quarter of a whole image, for the same local reconstruction task.
     Pixels that differ from the scene's background weigh `object_weight` times more: objects are a
@@ -180,9 +200,9 @@ def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float
     the shapes of ground-truth scenes)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
-    start, step = time.time(), 0
+    budget, step = Budget(minutes, steps), 0
     vae.train()
-    while time.time() - start < minutes * 60:
+    while budget.left(step):
         idx = torch.randint(0, len(imgs), (batch,), generator=g)
         cy, cx = (torch.randint(0, (SIZE - crop) // 4 + 1, (2,), generator=g) * 4).tolist()
         x = imgs[idx, :, cy : cy + crop, cx : cx + crop]
@@ -198,8 +218,8 @@ def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float
         loss.backward()
         opt.step()
         step += 1
-        frac = (time.time() - start) / (minutes * 60)
-        for gr in opt.param_groups:  # cosine decay over the time budget
+        frac = budget.fraction(step)
+        for gr in opt.param_groups:  # cosine decay over the budget
             gr["lr"] = 2e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         if step % 50 == 0:
             log(f"vae step {step} rec {rec.item():.4f} kl {kl.item():.3f}")
@@ -234,7 +254,7 @@ def encode_all(vae, imgs: torch.Tensor, batch: int = 256):
 
 
 def train_diffusion(text, unet, probe, latents, latent_std, captions, tokens: Tokens, labels: Labels, minutes, batch,
-                    seed, dropout=0.1, probe_weight=0.1):
+                    seed, dropout=0.1, probe_weight=0.1, steps=None):
     """The text encoder and UNet jointly. The probe's loss stays on (weighted) so that the encoder
     keeps stating the labels while it learns what the UNet needs. Every 100 steps it prints the
     caption gain: the loss on a fixed batch with shuffled captions minus with the true ones
@@ -267,10 +287,10 @@ def train_diffusion(text, unet, probe, latents, latent_std, captions, tokens: To
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     ema_text = {k: v.detach().clone() for k, v in text.state_dict().items()}
-    start, step, avg = time.time(), 0, None
+    budget, step, avg = Budget(minutes, steps), 0, None
     text.train()
     unet.train()
-    while time.time() - start < minutes * 60:
+    while budget.left(step):
         idx = torch.randint(0, len(latents), (batch,), generator=g)
         z0 = latents[idx] + latent_std[idx] * torch.randn(latents[idx].shape, generator=g)
         caps = [scenes.caption(captions[i], rng) if rng.random() >= dropout else "" for i in idx.tolist()]
@@ -287,7 +307,7 @@ def train_diffusion(text, unet, probe, latents, latent_std, captions, tokens: To
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        frac = (time.time() - start) / (minutes * 60)
+        frac = budget.fraction(step)
         warm = min(1.0, step / 50)
         for gr in opt.param_groups:
             gr["lr"] = 1e-3 * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
@@ -479,6 +499,10 @@ def main():
     ap.add_argument("--vae-minutes", type=float, default=20)
     ap.add_argument("--text-minutes", type=float, default=3, help="text encoder pretraining (see pretrain_text)")
     ap.add_argument("--diffusion-minutes", type=float, default=55)
+    for phase in ("vae", "text", "diffusion"):
+        ap.add_argument(f"--{phase}-steps", type=int, metavar="N",
+                        help=f"train the {phase} phase for N steps instead of --{phase}-minutes: the same "
+                             "weights on any machine")
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -531,13 +555,14 @@ def main():
             means, stds = encode_all(vae, x)
             log(f"resuming {args.resume}: {previous.get('diffusion_steps')} diffusion steps so far")
             if "probe" not in ck:
-                probe_steps, acc = pretrain_text(text, probe, data, tokens, labels, 1, 256, args.seed + 6,
-                                                 probe_only=True)
+                probe_steps, acc = pretrain_text(text, probe, data, tokens, labels, None, 256, args.seed + 6,
+                                                 probe_only=True, steps=200)
                 log(f"probe fitted to the encoder: {probe_steps} steps, label accuracy {acc:.3f}")
         else:
             log("vae parameters:", sum(p.numel() for p in vae.parameters()))
             t1 = time.time()
-            vae_steps = train_vae(vae, x, background_colors(data), args.vae_minutes, args.vae_batch, args.seed)
+            vae_steps = train_vae(vae, x, background_colors(data), args.vae_minutes, args.vae_batch, args.seed,
+                                  steps=args.vae_steps)
             means, stds = encode_all(vae, x)
             scaling = float(1.0 / means.std())
             with torch.no_grad():
@@ -551,19 +576,23 @@ def main():
                 "unet parameters:", sum(p.numel() for p in unet.parameters()))
             t2 = time.time()
             text_steps, text_acc = pretrain_text(text, probe, data, tokens, labels, args.text_minutes, 256,
-                                                 args.seed + 3)
+                                                 args.seed + 3, steps=args.text_steps)
             log(f"text encoder: {text_steps} steps in {time.time() - t2:.0f} s, label accuracy {text_acc:.3f}")
+        def budget(phase: str) -> str:
+            steps = getattr(args, f"{phase}_steps")
+            return f"{steps} steps" if steps is not None else f"{getattr(args, f'{phase}_minutes'):g} minutes"
+
         t2 = time.time()
         # Each resumption draws other batches than the runs it continues.
         diffusion_seed = args.seed + 1 + (5 * (1 + len(previous.get("resumed", []))) if args.resume else 0)
         steps = train_diffusion(text, unet, probe, means * scaling, stds * scaling, data, tokens, labels,
-                                args.diffusion_minutes, args.batch, diffusion_seed)
+                                args.diffusion_minutes, args.batch, diffusion_seed, steps=args.diffusion_steps)
         log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
         if args.resume:
             training = {**previous, "diffusion_steps": previous["diffusion_steps"] + steps,
                         "train_seconds": previous["train_seconds"] + round(time.time() - t0),
                         "resumed": previous.get("resumed", []) + [
-                            {"diffusion_steps": steps, "minutes": args.diffusion_minutes,
+                            {"diffusion_steps": steps, "budget": budget("diffusion"),
                              "earlier_diffusion_steps": previous["diffusion_steps"]}]}
         else:
             training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
@@ -571,7 +600,8 @@ def main():
                         "text_steps": text_steps,
                         "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
                         "vae_batch": args.vae_batch, "batch": args.batch, "two_objects": args.two_objects,
-                        "threads": args.threads, "scaling_factor": scaling}
+                        "threads": args.threads, "scaling_factor": scaling,
+                        "budgets": {phase: budget(phase) for phase in ("vae", "text", "diffusion")}}
         torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(),
                     "probe": probe.state_dict(), "scaling": scaling, "training": training},
                    work / f"{args.out.name}.pt")
