@@ -489,6 +489,12 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
     (out / "easel.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+def budget_label(args, phase: str) -> str:
+    """The budget a phase ran under, as the report records it ("4028 steps", "20 minutes")."""
+    steps = getattr(args, f"{phase}_steps")
+    return f"{steps} steps" if steps is not None else f"{getattr(args, f'{phase}_minutes'):g} minutes"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bpe", required=True, type=Path)
@@ -510,7 +516,8 @@ def main():
                     help="skip training: evaluate and export a checkpoint that an earlier run saved")
     ap.add_argument("--resume", type=Path, metavar="CHECKPOINT",
                     help="continue an earlier run: keep its VAE, train its text encoder and UNet for "
-                         "--diffusion-minutes more (a fresh cosine schedule), then evaluate and export")
+                         "--diffusion-minutes (or --diffusion-steps) more, with a fresh cosine schedule, then "
+                         "evaluate and export")
     ap.add_argument("--no-eval", action="store_true", help="skip the adherence evaluation")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -578,10 +585,6 @@ def main():
             text_steps, text_acc = pretrain_text(text, probe, data, tokens, labels, args.text_minutes, 256,
                                                  args.seed + 3, steps=args.text_steps)
             log(f"text encoder: {text_steps} steps in {time.time() - t2:.0f} s, label accuracy {text_acc:.3f}")
-        def budget(phase: str) -> str:
-            steps = getattr(args, f"{phase}_steps")
-            return f"{steps} steps" if steps is not None else f"{getattr(args, f'{phase}_minutes'):g} minutes"
-
         t2 = time.time()
         # Each resumption draws other batches than the runs it continues.
         diffusion_seed = args.seed + 1 + (5 * (1 + len(previous.get("resumed", []))) if args.resume else 0)
@@ -592,7 +595,7 @@ def main():
             training = {**previous, "diffusion_steps": previous["diffusion_steps"] + steps,
                         "train_seconds": previous["train_seconds"] + round(time.time() - t0),
                         "resumed": previous.get("resumed", []) + [
-                            {"diffusion_steps": steps, "budget": budget("diffusion"),
+                            {"diffusion_steps": steps, "budget": budget_label(args, "diffusion"),
                              "earlier_diffusion_steps": previous["diffusion_steps"]}]}
         else:
             training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
@@ -601,7 +604,7 @@ def main():
                         "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
                         "vae_batch": args.vae_batch, "batch": args.batch, "two_objects": args.two_objects,
                         "threads": args.threads, "scaling_factor": scaling,
-                        "budgets": {phase: budget(phase) for phase in ("vae", "text", "diffusion")}}
+                        "budgets": {phase: budget_label(args, phase) for phase in ("vae", "text", "diffusion")}}
         torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(),
                     "probe": probe.state_dict(), "scaling": scaling, "training": training},
                    work / f"{args.out.name}.pt")
