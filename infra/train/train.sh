@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Trains easel's bundled model (models/easel-shapes/) from scratch on procedural scenes and writes
-# its adherence report. CPU only; about 85 minutes on 2 cores with the defaults. Not run in CI.
+# its adherence report. CPU only; about 87 minutes on 2 cores with the defaults, which are step
+# budgets: the same weights on any machine. Not run in CI.
 #
 # Uses the same virtual environment as the tiny test model (.venv-export/, see
-# infra/models/README.md). Extra arguments go to train_model.py (e.g. --diffusion-minutes 30).
+# infra/models/README.md). Extra arguments go to train_model.py (e.g. --diffusion-steps 1000, --diffusion-minutes 30).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../models/venv.sh"

@@ -14,8 +14,8 @@ pipeline, samplers and moderation run it unchanged. Stages:
    shrinking the token embedding table to the tokens the captions use;
 5. evaluate adherence on held-out captions with judge.py and write the report.
 
-Each stage has a budget in minutes (the default) or in steps (deterministic: the same weights on
-any machine for a seed and thread count); the script prints losses as it goes.
+Each stage has a budget in steps (the default, deterministic: the same weights on any machine for a
+seed and thread count) or in minutes; the script prints losses as it goes.
 
 Usage (normally through infra/train/train.sh):
     python infra/train/train_model.py --bpe bpe_simple_vocab_16e6.txt.gz --out models/easel-shapes
@@ -147,9 +147,9 @@ class CaptionProbe(torch.nn.Module):
 # --- training ------------------------------------------------------------------------------------
 
 class Budget:
-    """How long a phase trains: minutes of wall time (the default), or a fixed number of steps.
-    With minutes the step count, and so the weights, depend on the machine's speed; with steps the
-    weights are the same on any machine for the same seed and thread count. The learning-rate
+    """How long a phase trains: a fixed number of steps (the default), or minutes of wall time.
+    With steps the weights are the same on any machine for the same seed and thread count; with
+    minutes the step count, and so the weights, depend on the machine's speed. The learning-rate
     schedules follow `fraction`."""
 
     def __init__(self, minutes: float, steps: int | None = None):
@@ -489,6 +489,13 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
     (out / "easel.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
+# Each phase's default budget in steps. These are the committed model's counts: its VAE and text
+# phases ran these steps and its diffusion phase 60 minutes, which gave 3846 steps; on the 2-core
+# machine that trained it, the three phases took 20, 3 and 60 minutes (87 in all, with the dataset
+# and its encoding).
+DEFAULT_STEPS = {"vae": 4028, "text": 343, "diffusion": 3846}
+
+
 def budget_label(args, phase: str) -> str:
     """The budget a phase ran under, as the report records it ("4028 steps", "20 minutes")."""
     steps = getattr(args, f"{phase}_steps")
@@ -502,13 +509,14 @@ def main():
     ap.add_argument("--seed", type=int, default=20261203)
     ap.add_argument("--images", type=int, default=40000)
     ap.add_argument("--two-objects", type=float, default=0.4, help="share of two-object training scenes")
-    ap.add_argument("--vae-minutes", type=float, default=20)
-    ap.add_argument("--text-minutes", type=float, default=3, help="text encoder pretraining (see pretrain_text)")
-    ap.add_argument("--diffusion-minutes", type=float, default=55)
-    for phase in ("vae", "text", "diffusion"):
+    for phase, what in (("vae", "the VAE"), ("text", "the text encoder alone, before the UNet (see pretrain_text)"),
+                        ("diffusion", "the text encoder and UNet")):
         ap.add_argument(f"--{phase}-steps", type=int, metavar="N",
-                        help=f"train the {phase} phase for N steps instead of --{phase}-minutes: the same "
-                             "weights on any machine")
+                        help=f"train {what} for N steps (default {DEFAULT_STEPS[phase]}): the same weights on "
+                             "any machine")
+        ap.add_argument(f"--{phase}-minutes", type=float, metavar="M",
+                        help=f"train {what} for M minutes instead of a number of steps: the step count then "
+                             "depends on the machine's speed")
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -516,10 +524,16 @@ def main():
                     help="skip training: evaluate and export a checkpoint that an earlier run saved")
     ap.add_argument("--resume", type=Path, metavar="CHECKPOINT",
                     help="continue an earlier run: keep its VAE, train its text encoder and UNet for "
-                         "--diffusion-minutes (or --diffusion-steps) more, with a fresh cosine schedule, then "
+                         "--diffusion-steps (or --diffusion-minutes) more, with a fresh cosine schedule, then "
                          "evaluate and export")
     ap.add_argument("--no-eval", action="store_true", help="skip the adherence evaluation")
     args = ap.parse_args()
+    for phase in DEFAULT_STEPS:
+        steps, minutes = getattr(args, f"{phase}_steps"), getattr(args, f"{phase}_minutes")
+        if steps is not None and minutes is not None:
+            ap.error(f"--{phase}-steps and --{phase}-minutes both given: choose one")
+        if steps is None and minutes is None:
+            setattr(args, f"{phase}_steps", DEFAULT_STEPS[phase])
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     from diffusers import AutoencoderKL, UNet2DConditionModel
