@@ -3,10 +3,9 @@
 //! rules, the same ones as `infra/train/judge.py` in miniature. The full adherence evaluation is
 //! `infra/train/evaluate_easel.py` (docs/model-card.md); this guards the default user path against
 //! a pipeline or scheduler change that would break the trained model. The current model places
-//! and colors a single object right about 95 % of the time and its shape about 74 %
-//! (docs/model-card.md), so each prompt runs on eight seeds and may miss on two (the red star on
-//! the left misses on seeds 3 and 7, drawn one cell higher and lower); shapes are not checked
-//! here. A broken pipeline misses on all of them.
+//! and colors a single object right about 95 % of the time and its shape about 91 %
+//! (docs/model-card.md), so each prompt runs on eight seeds and may miss on two; shapes are not
+//! checked here. A broken pipeline misses on all of them.
 #![allow(clippy::unwrap_used)]
 
 mod common;
