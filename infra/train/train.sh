@@ -4,7 +4,8 @@
 # budgets: the same weights on any machine. Not run in CI.
 #
 # Uses the same virtual environment as the tiny test model (.venv-export/, see
-# infra/models/README.md). Extra arguments go to train_model.py (e.g. --diffusion-steps 1000, --diffusion-minutes 30).
+# infra/models/README.md). Extra arguments go to train_model.py (e.g. --diffusion-steps 1000 or
+# --diffusion-minutes 30).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/../models/venv.sh"
