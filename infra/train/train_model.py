@@ -190,6 +190,12 @@ def pretrain_text(text, probe, data, tokens: Tokens, labels: Labels, minutes, ba
     return step, acc
 
 
+def off_background(x: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
+    """(n, 1, h, w) bool: the pixels of `x` (n, 3, h, w) that differ from their scene's background
+    color (n, 3): the objects, as both the VAE's and the diffusion loss weigh them."""
+    return (x - backgrounds[:, :, None, None]).abs().sum(1, keepdim=True) > 0.05
+
+
 def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float, batch: int, seed: int,
               crop: int = SIZE // 2, object_weight: float = 10.0, steps=None):
     """The VAE has no attention, so it is trained on random crops (aligned to its latent cells):
@@ -206,7 +212,7 @@ def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float
         idx = torch.randint(0, len(imgs), (batch,), generator=g)
         cy, cx = (torch.randint(0, (SIZE - crop) // 4 + 1, (2,), generator=g) * 4).tolist()
         x = imgs[idx, :, cy : cy + crop, cx : cx + crop]
-        w = 1.0 + (object_weight - 1.0) * ((x - backgrounds[idx, :, None, None]).abs().sum(1, keepdim=True) > 0.05)
+        w = 1.0 + (object_weight - 1.0) * off_background(x, backgrounds[idx])
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
         y = vae.decode(z).sample
@@ -260,8 +266,7 @@ def object_masks(imgs: torch.Tensor, backgrounds: torch.Tensor, batch: int = 102
     that the background around an object, which draws its outline, counts too. (n, 1, 16, 16) bool."""
     out = []
     for i in range(0, len(imgs), batch):
-        x, bg = imgs[i : i + batch], backgrounds[i : i + batch, :, None, None]
-        m = ((x - bg).abs().sum(1, keepdim=True) > 0.05).float()
+        m = off_background(imgs[i : i + batch], backgrounds[i : i + batch]).float()
         m = F.max_pool2d(F.max_pool2d(m, 4), 3, stride=1, padding=1)
         out.append(m.bool())
     return torch.cat(out)
