@@ -34,7 +34,8 @@ def _mask_for(shape: str, cx: float, cy: float, r: float, n: int) -> np.ndarray:
 
 
 def read_scene(img: np.ndarray, max_objects: int = 2) -> Scene:
-    """What the rules see in an RGB uint8 image."""
+    """What the rules see in an RGB uint8 image: the background and up to `max_objects` objects,
+    the largest first."""
     n = img.shape[0]
     px = img.astype(np.float32)
     border = np.concatenate([px[0], px[-1], px[:, 0], px[:, -1]])
@@ -70,7 +71,7 @@ def read_scene(img: np.ndarray, max_objects: int = 2) -> Scene:
                 if iou > best:
                     best, shape = iou, s
         objects.append(Obj(shape, color, size, position))
-    return Scene(bg, tuple(sorted(objects, key=lambda o: POSITIONS[o.position])))
+    return Scene(bg, tuple(objects))
 
 
 ATTRIBUTES = ("background", "color", "position", "size", "shape")
@@ -78,8 +79,9 @@ ATTRIBUTES = ("background", "color", "position", "size", "shape")
 
 def score(asked: Scene, seen: Scene) -> dict[str, bool]:
     """Per attribute, whether the image shows what was asked. For one-object scenes every
-    attribute is judged on the single largest blob; `all` needs every attribute right (and, for
-    two objects, both objects right in every attribute)."""
+    attribute is judged on the largest blob, and `all` also needs it to be the only one (a stray
+    second object fails the image, not the asked object's attributes). For two objects, the objects
+    are paired in position order and each attribute needs exactly two objects, both right."""
     out = {"background": asked.background == seen.background}
     if len(asked.objects) == 1:
         o = asked.objects[0]
@@ -88,9 +90,9 @@ def score(asked: Scene, seen: Scene) -> dict[str, bool]:
             out[a] = s is not None and getattr(s, a) == getattr(o, a)
     else:
         want = sorted(asked.objects, key=lambda o: POSITIONS[o.position])
-        got = list(seen.objects)
+        got = sorted(seen.objects, key=lambda o: POSITIONS[o.position])
         for a in ("color", "position", "size", "shape"):
             out[a] = len(got) == len(want) and all(getattr(x, a) == getattr(y, a) for x, y in zip(want, got))
-    out["all"] = all(out[a] for a in ATTRIBUTES)
+    out["all"] = all(out[a] for a in ATTRIBUTES) and len(seen.objects) == len(asked.objects)
     return out
 
