@@ -62,6 +62,11 @@ def rates(rows, attributes=(*judge.ATTRIBUTES, "all")) -> dict:
     return {**{a: float(np.mean([r[a] for r in rows])) for a in attributes}, "n": len(rows)}
 
 
+def described(seen: scenes.Scene) -> str:
+    """What the judge read, as a caption."""
+    return scenes.full_caption(seen) if seen.objects else f"no object, {seen.background} background"
+
+
 def shape_confusions(asked, seen) -> dict[str, int]:
     """Counts of "asked -> drawn" for the objects whose shape the judge read wrong ("none" where it
     found no object), matched as judge.score does (the largest object, or position order)."""
@@ -184,7 +189,8 @@ def main():
                 continue
             # Caption i is drawn with seeds i, i + 1000, ... (plus --seed-base): the first pass is the
             # one-seed evaluation.
-            seeds_and_scenes = [(args.seed_base + k * 1000 + i, s) for k in range(args.seeds) for i, s in enumerate(group)]
+            seeds_and_scenes = [(args.seed_base + k * 1000 + i, s)
+                                for k in range(args.seeds) for i, s in enumerate(group)]
             asked = [s for _, s in seeds_and_scenes]
             images = [generate(args.easel, args.model, scenes.full_caption(s), i, args, tmp / f"{name}-{i}",
                                args.negative) for i, s in seeds_and_scenes]
@@ -196,7 +202,7 @@ def main():
                 "ground truth": rates([judge.score(s, judge.read_scene(scenes.render(s, SIZE))) for s in group]),
                 "shapes asked -> drawn, when wrong": shape_confusions(asked, seen),
                 "misses (caption, seed: what the judge read)": [
-                    f"{scenes.full_caption(a)}, seed {seed}: {scenes.full_caption(r) if r.objects else 'no object, ' + r.background + ' background'}"
+                    f"{scenes.full_caption(a)}, seed {seed}: {described(r)}"
                     for (seed, a), r in zip(seeds_and_scenes, seen) if not judge.score(a, r)["all"]][:args.misses],
             }
             if args.seeds > 1:
