@@ -197,7 +197,7 @@ def off_background(x: torch.Tensor, backgrounds: torch.Tensor) -> torch.Tensor:
 
 
 def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float, batch: int, seed: int,
-              crop: int = SIZE // 2, object_weight: float = 10.0, steps=None):
+              crop: int = SIZE // 2, object_weight: float = 10.0, steps=None, lr: float = 2e-3):
     """The VAE has no attention, so it is trained on random crops (aligned to its latent cells):
     a 32x32 crop costs a quarter of a whole image, for the same local reconstruction task.
     Pixels that differ from the scene's background weigh `object_weight` times more: objects are a
@@ -205,7 +205,7 @@ def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float
     colors (through the third run's VAE, the judge read back only 54 % of the colors and 71 % of
     the shapes of ground-truth scenes)."""
     g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=2e-3, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     budget, step = Budget(minutes, steps), 0
     vae.train()
     while budget.left(step):
@@ -226,7 +226,7 @@ def train_vae(vae, imgs: torch.Tensor, backgrounds: torch.Tensor, minutes: float
         step += 1
         frac = budget.fraction(step)
         for gr in opt.param_groups:  # cosine decay over the budget
-            gr["lr"] = 2e-3 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+            gr["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         if step % 50 == 0:
             log(f"vae step {step} rec {rec.item():.4f} kl {kl.item():.3f}")
     vae.eval()
@@ -546,6 +546,7 @@ def main():
                     help="weight of the latent cells on and around objects in the diffusion loss (default 5, "
                          "as the committed model was trained; 1 is the unweighted loss of the earlier runs)")
     ap.add_argument("--vae-batch", type=int, default=32)
+    ap.add_argument("--vae-lr", type=float, default=2e-3, help="the VAE's peak learning rate (cosine decay to 5 %%)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint", type=Path, metavar="CHECKPOINT",
@@ -611,7 +612,7 @@ def main():
             log("vae parameters:", sum(p.numel() for p in vae.parameters()))
             t1 = time.time()
             vae_steps = train_vae(vae, x, background_colors(data), args.vae_minutes, args.vae_batch, args.seed,
-                                  steps=args.vae_steps)
+                                  steps=args.vae_steps, lr=args.vae_lr)
             means, stds = encode_all(vae, x)
             scaling = float(1.0 / means.std())
             with torch.no_grad():
@@ -647,7 +648,7 @@ def main():
                         "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "vae_ceiling": ceiling,
                         "text_steps": text_steps,
                         "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
-                        "vae_batch": args.vae_batch, "batch": args.batch, "two_objects": args.two_objects,
+                        "vae_batch": args.vae_batch, "vae_lr": args.vae_lr, "batch": args.batch, "two_objects": args.two_objects,
                         "object_weight": args.object_weight,
                         "threads": args.threads, "scaling_factor": scaling,
                         "budgets": {phase: budget_label(args, phase) for phase in ("vae", "text", "diffusion")}}
