@@ -10,14 +10,16 @@ export ORT_DYLIB_PATH ?= $(CURDIR)/.easel/onnxruntime/libonnxruntime.so.$(ORT_VE
 # One build directory outside the clone, shared by every clone on this machine: a fresh clone
 # (CI's, or a second worktree) reuses what an earlier one compiled.
 # Cargo decides freshness by file times and hashes workspace members by their path relative to the
-# workspace, so two clones with different edits built in turn can reuse each other's artefacts:
-# set CARGO_TARGET_DIR per clone when you edit two at once. A fresh clone is always newer.
+# workspace, so it can take a binary that another clone built as fresh for this one, and test
+# binaries carry their clone's path (CARGO_MANIFEST_DIR) to find fixtures: `claim-target` therefore
+# rebuilds the workspace's own crates (not the dependencies) whenever the directory was last used by
+# another clone. Set CARGO_TARGET_DIR per clone to avoid those rebuilds when you work in two at once.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/easel/target
 CARGO ?= cargo
 
 TOOLS := $(CURDIR)/.easel/tools/bin
 
-.PHONY: help setup setup-test run test build lint lint-template fmt
+.PHONY: help setup setup-test claim-target run test build lint lint-template fmt
 
 help:
 	@echo "make run    set up, then serve the API on http://127.0.0.1:8080 with the bundled model"
@@ -31,16 +33,26 @@ setup:
 setup-test:
 	@bash infra/setup.sh --test-tools
 
-build: setup
+claim-target:
+	@mkdir -p "$(CARGO_TARGET_DIR)"
+	@if [ "$$(cat "$(CARGO_TARGET_DIR)/.easel-clone" 2>/dev/null)" != "$(CURDIR)" ]; then \
+	  if [ -d "$(CARGO_TARGET_DIR)/debug" ]; then \
+	    echo "==> $(CARGO_TARGET_DIR) was last used by another clone: rebuilding this workspace's crates"; \
+	    $(CARGO) clean --workspace --quiet; \
+	  fi; \
+	  echo "$(CURDIR)" > "$(CARGO_TARGET_DIR)/.easel-clone"; \
+	fi
+
+build: setup claim-target
 	$(CARGO) build --workspace --locked
 
-run: setup
+run: setup claim-target
 	$(CARGO) run --locked -p easel-cli --bin easel -- serve
 
 fmt:
 	$(CARGO) fmt --all
 
-lint:
+lint: claim-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
