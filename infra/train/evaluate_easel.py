@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def negative_study(args, tmp: Path, n: int = 30) -> dict:
 
     def color(i: int, negative: str) -> str:
         shape, bg = prompts[i]
-        im = generate(args.easel, args.model, f"a large {shape} in the center, {bg} background", i, args,
+        im = generate(args.easel, args.model, f"a large {shape} in the center, {bg} background", i + 1, args,
                       tmp / f"neg-{negative or 'none'}-{i}", negative)
         objs = judge.read_scene(im).objects
         return objs[0].color if objs else "none"
@@ -130,20 +131,18 @@ def negative_study(args, tmp: Path, n: int = 30) -> dict:
 
 
 def grid(images, captions, path: Path, cols: int = 6, scale: int = 3):
+    """The images at `scale`x in `cols` columns, each with its whole caption wrapped below it."""
     n = SIZE * scale
+    wrapped = ["\n".join(textwrap.wrap(cap, 30)) for cap in captions]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = max(probe.multiline_textbbox((0, 0), w, spacing=1)[3] for w in wrapped) + 6
     rows = (len(images) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * n, rows * (n + 28)), "white")
+    sheet = Image.new("RGB", (cols * n, rows * (n + text_h)), "white")
     d = ImageDraw.Draw(sheet)
-    for i, (im, cap) in enumerate(zip(images, captions)):
-        x, y = (i % cols) * n, (i // cols) * (n + 28)
+    for i, (im, text) in enumerate(zip(images, wrapped)):
+        x, y = (i % cols) * n, (i // cols) * (n + text_h)
         sheet.paste(Image.fromarray(im).resize((n, n), Image.NEAREST), (x, y))
-        words, line, lines = cap.split(), "", []
-        for w in words:
-            if len(line) + len(w) > 30:
-                lines.append(line)
-                line = ""
-            line = (line + " " + w).strip()
-        d.multiline_text((x + 2, y + n + 1), "\n".join(lines + [line])[:90], fill="black", spacing=1)
+        d.multiline_text((x + 2, y + n + 2), text, fill="black", spacing=1)
     sheet.save(path)
 
 
@@ -162,8 +161,8 @@ def main():
     ap.add_argument("--no-upscale", action="store_true",
                     help="generate larger sizes natively (a copy of the model without max_generation_side)")
     ap.add_argument("--seeds", type=int, default=4,
-                    help="draw each held-out caption with this many seeds (35 and 60 captions: one seed "
-                         "moves a rate by 3 and 2 points per image)")
+                    help="draw each held-out caption with this many seeds, i + 1, i + 1001, ... for caption i "
+                         "(35 and 60 captions: one seed moves a rate by 3 and 2 points per image)")
     ap.add_argument("--seed-base", type=int, default=0,
                     help="added to every seed: other noise for the same captions, e.g. to choose settings on "
                          "images that the reported evaluation does not use")
@@ -187,9 +186,9 @@ def main():
         for name, group in (("one object", ones), ("two objects", twos)):
             if name.split()[0] not in groups:
                 continue
-            # Caption i is drawn with seeds i, i + 1000, ... (plus --seed-base): the first pass is the
-            # one-seed evaluation.
-            seeds_and_scenes = [(args.seed_base + k * 1000 + i, s)
+            # Caption i is drawn with seeds i + 1, i + 1001, ... (plus --seed-base): the first pass is
+            # the one-seed evaluation. (Seed 0 would mean "a random seed" to easel.)
+            seeds_and_scenes = [(args.seed_base + k * 1000 + i + 1, s)
                                 for k in range(args.seeds) for i, s in enumerate(group)]
             asked = [s for _, s in seeds_and_scenes]
             images = [generate(args.easel, args.model, scenes.full_caption(s), i, args, tmp / f"{name}-{i}",
@@ -211,14 +210,14 @@ def main():
             shown += [(im, scenes.full_caption(s)) for im, s in list(zip(images, group))[:15]]
         rows = []
         partial = partial_scenes(args.seed + 4) if "partial" in groups else []
-        for i, (prompt, shape, color) in ((args.seed_base + k * 1000 + i, p) for k in range(args.seeds)
-                                          for i, p in enumerate(partial)):
-            im = generate(args.easel, args.model, prompt, i, args, tmp / f"partial-{i}")
+        for seed, (prompt, shape, color) in ((args.seed_base + k * 1000 + i + 1, p) for k in range(args.seeds)
+                                             for i, p in enumerate(partial)):
+            im = generate(args.easel, args.model, prompt, seed, args, tmp / f"partial-{seed}")
             seen = judge.read_scene(im)
             o = seen.objects[0] if seen.objects else None
             rows.append({"color": o is not None and o.color == color, "shape": o is not None and o.shape == shape})
             rows[-1]["all"] = rows[-1]["color"] and rows[-1]["shape"]
-            if i < 6:
+            if len(rows) <= 6:
                 shown.append((im, prompt))
         if rows:
             report["partial prompts"] = rates(rows, ("color", "shape", "all"))

@@ -188,7 +188,8 @@ struct GenerateArgs {
     /// Classifier-free guidance scale [default: the model's].
     #[arg(long)]
     guidance: Option<f32>,
-    /// Seed of the first image; the others use seed+1, seed+2… [default: random].
+    /// Seed of the first image; the others use seed+1, seed+2… 0, as in the API dialects, means
+    /// a random seed [default: random].
     #[arg(long)]
     seed: Option<u64>,
     /// Image size as WIDTHxHEIGHT [default: the model's native size].
