@@ -63,6 +63,13 @@ def rates(rows, attributes=(*judge.ATTRIBUTES, "all")) -> dict:
     return {**{a: float(np.mean([r[a] for r in rows])) for a in attributes}, "n": len(rows)}
 
 
+def seeded(items: list, args) -> list[tuple[int, object]]:
+    """(seed, item) for every pass: item i is drawn with the seeds i + 1, i + 1001, ... (plus
+    --seed-base), so the first pass is the one-seed evaluation. Seed 0 would mean "a random seed"
+    to easel."""
+    return [(args.seed_base + k * 1000 + i + 1, item) for k in range(args.seeds) for i, item in enumerate(items)]
+
+
 def described(seen: scenes.Scene) -> str:
     """What the judge read, as a caption."""
     return scenes.full_caption(seen) if seen.objects else f"no object, {seen.background} background"
@@ -70,13 +77,10 @@ def described(seen: scenes.Scene) -> str:
 
 def shape_confusions(asked, seen) -> dict[str, int]:
     """Counts of "asked -> drawn" for the objects whose shape the judge read wrong ("none" where it
-    found no object), matched as judge.score does (the largest object, or position order)."""
+    found no object to judge), paired as judge.score pairs them."""
     out: dict[str, int] = {}
     for a, s in zip(asked, seen):
-        want = sorted(a.objects, key=lambda o: scenes.POSITIONS[o.position])
-        got = (list(s.objects[:1]) if len(want) == 1 else sorted(s.objects, key=lambda o: scenes.POSITIONS[o.position]))
-        got += [None] * len(want)
-        for w, g in zip(want, got):
+        for w, g in zip(*judge.paired(a, s)):
             drawn = g.shape if g is not None else "none"
             if drawn != w.shape:
                 key = f"{w.size} {w.shape} -> {drawn}"
@@ -186,10 +190,7 @@ def main():
         for name, group in (("one object", ones), ("two objects", twos)):
             if name.split()[0] not in groups:
                 continue
-            # Caption i is drawn with seeds i + 1, i + 1001, ... (plus --seed-base): the first pass is
-            # the one-seed evaluation. (Seed 0 would mean "a random seed" to easel.)
-            seeds_and_scenes = [(args.seed_base + k * 1000 + i + 1, s)
-                                for k in range(args.seeds) for i, s in enumerate(group)]
+            seeds_and_scenes = seeded(group, args)
             asked = [s for _, s in seeds_and_scenes]
             images = [generate(args.easel, args.model, scenes.full_caption(s), i, args, tmp / f"{name}-{i}",
                                args.negative) for i, s in seeds_and_scenes]
@@ -210,8 +211,7 @@ def main():
             shown += [(im, scenes.full_caption(s)) for im, s in list(zip(images, group))[:15]]
         rows = []
         partial = partial_scenes(args.seed + 4) if "partial" in groups else []
-        for seed, (prompt, shape, color) in ((args.seed_base + k * 1000 + i + 1, p) for k in range(args.seeds)
-                                             for i, p in enumerate(partial)):
+        for seed, (prompt, shape, color) in seeded(partial, args):
             im = generate(args.easel, args.model, prompt, seed, args, tmp / f"partial-{seed}")
             seen = judge.read_scene(im)
             o = seen.objects[0] if seen.objects else None

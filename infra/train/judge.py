@@ -83,16 +83,19 @@ def score(asked: Scene, seen: Scene) -> dict[str, bool]:
     second object fails the image, not the asked object's attributes). For two objects, the objects
     are paired in position order and each attribute needs exactly two objects, both right."""
     out = {"background": asked.background == seen.background}
-    if len(asked.objects) == 1:
-        o = asked.objects[0]
-        s = seen.objects[0] if seen.objects else None
-        for a in ("color", "position", "size", "shape"):
-            out[a] = s is not None and getattr(s, a) == getattr(o, a)
-    else:
-        want = sorted(asked.objects, key=lambda o: POSITIONS[o.position])
-        got = sorted(seen.objects, key=lambda o: POSITIONS[o.position])
-        for a in ("color", "position", "size", "shape"):
-            out[a] = len(got) == len(want) and all(getattr(x, a) == getattr(y, a) for x, y in zip(want, got))
+    want, got = paired(asked, seen)
+    counted = len(want) == 1 or len(seen.objects) == len(want)  # two objects: both, and only them
+    for a in ("color", "position", "size", "shape"):
+        out[a] = counted and all(y is not None and getattr(x, a) == getattr(y, a) for x, y in zip(want, got))
     out["all"] = all(out[a] for a in ATTRIBUTES) and len(seen.objects) == len(asked.objects)
     return out
+
+
+def paired(asked: Scene, seen: Scene) -> tuple[list[Obj], list[Obj | None]]:
+    """The asked objects and the seen objects they are judged against, in the same order: for one
+    asked object the largest seen one; for two, the seen ones in position order. None where there
+    is no seen object left to pair."""
+    want = sorted(asked.objects, key=lambda o: POSITIONS[o.position])
+    got = list(seen.objects[:1]) if len(want) == 1 else sorted(seen.objects, key=lambda o: POSITIONS[o.position])
+    return want, (got + [None] * len(want))[: len(want)]
 
