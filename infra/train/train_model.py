@@ -572,6 +572,8 @@ def main():
                          "text encoder and UNet)")
     ap.add_argument("--no-eval", action="store_true", help="skip the adherence evaluation")
     args = ap.parse_args()
+    if args.vae_from and (args.checkpoint or args.resume):
+        ap.error("--vae-from trains a new text encoder and UNet: it does not go with --checkpoint or --resume")
     for phase in DEFAULT_STEPS:
         steps, minutes = getattr(args, f"{phase}_steps"), getattr(args, f"{phase}_minutes")
         if steps is not None and minutes is not None:
