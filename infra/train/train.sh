@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains easel's bundled model (models/easel-shapes/) from scratch on procedural scenes and writes
-# its adherence report. CPU only; 80-96 minutes on 2 cores with the defaults, which are step
+# its adherence report. CPU only; 80-103 minutes on 2 cores with the defaults, which are step
 # budgets: the same weights on any machine. Not run in CI.
 #
 # Uses the same virtual environment as the tiny test model (.venv-export/, see

@@ -255,7 +255,10 @@ def vae_ceiling(vae, group) -> dict:
 
 
 @torch.no_grad()
-def encode_all(vae, imgs: torch.Tensor, batch: int = 256):
+def encode_all(vae, imgs: torch.Tensor, batch: int = 32):
+    """The latent distribution of every image. In batches of 256 each 64x64x32 activation is
+    134 MB, and encoding took 1.5-1.8x as long per image as in batches of 32 (17 MB), interleaved
+    on 2 cores (2026-12-07). The latents are bit-identical: no image's result depends on its batch."""
     means, stds = [], []
     for i in range(0, len(imgs), batch):
         d = vae.encode(imgs[i : i + batch]).latent_dist
