@@ -281,7 +281,8 @@ def object_masks(imgs: torch.Tensor, backgrounds: torch.Tensor, batch: int = 102
 
 
 def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tokens: Tokens, labels: Labels, minutes,
-                    batch, seed, dropout=0.1, probe_weight=0.1, object_weight=1.0, steps=None):
+                    batch, seed, dropout=0.1, probe_weight=0.1, object_weight=1.0, steps=None, ema_decays=(0.999,),
+                    object_share=None):
     """The text encoder and UNet jointly. The probe's loss stays on (weighted) so that the encoder
     keeps stating the labels while it learns what the UNet needs. Every 100 steps it prints the
     caption gain: the loss on a fixed batch with shuffled captions minus with the true ones
@@ -289,7 +290,14 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
     Latent cells on and around objects (`masks`) weigh `object_weight` times more in each image's
     loss, as the VAE's pixels do: a small object covers under a tenth of the cells, so an
     unweighted loss is mostly the flat background, which the model learns early, while the shapes
-    of small objects are what it draws worst. With weight 1 the loss is exactly the unweighted one."""
+    of small objects are what it draws worst. With weight 1 the loss is exactly the unweighted one.
+    `object_share` instead gives the object cells that share of each image's loss whatever their
+    area: at weight 5, a small object (14 % of the cells with its border) carries 44 % of its
+    image's loss, a large one or two small ones (27-29 % of the cells) two thirds.
+    The models end with the exponential moving average of their weights at `ema_decays[0]`; each
+    further decay's average (0: the weights as trained) is returned as (unet, text) state dicts,
+    keyed by decay. The averages do not touch training, so each is what a run with that decay
+    alone would give."""
     from diffusers import DDPMScheduler
 
     sched = DDPMScheduler(**{k: v for k, v in SCHEDULER.items() if k != "timestep_spacing"})
@@ -318,11 +326,13 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
     # foreach: one kernel per operation over all tensors instead of a Python loop per tensor (the
     # same arithmetic; on CPU PyTorch defaults to the loop).
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=True)
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    ema_text = {k: v.detach().clone() for k, v in text.state_dict().items()}
     live = [v for m in (unet, text) for v in m.state_dict().values() if v.dtype.is_floating_point]
-    shadow = [e[k] for m, e in ((unet, ema), (text, ema_text)) for k, v in m.state_dict().items()
-              if v.dtype.is_floating_point]
+    emas, shadows = {}, {}
+    for d in ema_decays:
+        if d > 0:
+            emas[d] = tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (unet, text))
+            shadows[d] = [e[k] for m, e in zip((unet, text), emas[d]) for k, v in m.state_dict().items()
+                          if v.dtype.is_floating_point]
     budget, step, avg = Budget(minutes, steps), 0, None
     text.train()
     unet.train()
@@ -336,7 +346,12 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
         zt = sched.add_noise(z0, noise, t)
         hidden = text(input_ids=ids).last_hidden_state
         pred = unet(zt, t, hidden).sample
-        w = 1.0 + (object_weight - 1.0) * masks[idx].float()
+        m = masks[idx].float()
+        if object_share is None:
+            w = 1.0 + (object_weight - 1.0) * m
+        else:
+            area = m.mean(dim=(1, 2, 3), keepdim=True).clamp(1 / m[0].numel(), 1 - 1 / m[0].numel())
+            w = 1.0 + (object_share * (1 - area) / ((1 - object_share) * area) - 1.0) * m
         err = (w * (pred - sched.get_velocity(z0, noise, t)) ** 2).mean(dim=(1, 2, 3)) / w.mean(dim=(1, 2, 3))
         loss = err.mul(weight[t]).mean()
         loss = loss + probe_weight * probe(hidden, labels(caps))[0]
@@ -349,19 +364,21 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
         warm = min(1.0, step / 50)
         for gr in opt.param_groups:
             gr["lr"] = 1e-3 * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
-        decay = min(0.999, (1 + step) / (10 + step))
         with torch.no_grad():
-            torch._foreach_mul_(shadow, decay)
-            torch._foreach_add_(shadow, live, alpha=1 - decay)
+            for d, shadow in shadows.items():
+                decay = min(d, (1 + step) / (10 + step))
+                torch._foreach_mul_(shadow, decay)
+                torch._foreach_add_(shadow, live, alpha=1 - decay)
         avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
         if step % 50 == 0:
             gain = f" caption gain {caption_gain():.4f}" if step % 100 == 0 else ""
             log(f"diffusion step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e}{gain}")
-    unet.load_state_dict(ema)
-    text.load_state_dict(ema_text)
+    emas[0] = tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (unet, text))
+    unet.load_state_dict(emas[ema_decays[0]][0])
+    text.load_state_dict(emas[ema_decays[0]][1])
     text.eval()
     unet.eval()
-    return step
+    return step, {d: emas[d] for d in ema_decays[1:]}
 
 
 # --- sampling (for the report; easel's Rust pipeline is the real user) ---------------------------
@@ -557,6 +574,14 @@ def main():
     ap.add_argument("--object-weight", type=float, default=5.0,
                     help="weight of the latent cells on and around objects in the diffusion loss (default 5, "
                          "as the committed model was trained; 1 is the unweighted loss of the earlier runs)")
+    ap.add_argument("--object-share", type=float, metavar="S",
+                    help="instead of --object-weight, give the latent cells on and around objects the share S "
+                         "(0-1) of each image's diffusion loss, whatever their area")
+    ap.add_argument("--ema-decay", type=float, nargs="+", default=[0.999], metavar="D",
+                    help="decay of the exponential moving average of the text encoder's and UNet's weights that "
+                         "the run ends with (default 0.999). Each further D is averaged alongside, without "
+                         "changing the training, and saved as the checkpoint <out>-ema<D>.pt (0: the weights as "
+                         "trained): one run for choosing the decay")
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=2e-3, help="the VAE's peak learning rate (cosine decay to 5 %%)")
     ap.add_argument("--batch", type=int, default=64)
@@ -577,6 +602,10 @@ def main():
     args = ap.parse_args()
     if args.vae_from and (args.checkpoint or args.resume):
         ap.error("--vae-from trains a new text encoder and UNet: it does not go with --checkpoint or --resume")
+    if args.object_share is not None and not 0 < args.object_share < 1:
+        ap.error("--object-share is a share of the loss: between 0 and 1, exclusive")
+    if any(not 0 <= d < 1 for d in args.ema_decay):
+        ap.error("--ema-decay: each decay is at least 0 (the weights as trained) and below 1")
     for phase in DEFAULT_STEPS:
         steps, minutes = getattr(args, f"{phase}_steps"), getattr(args, f"{phase}_minutes")
         if steps is not None and minutes is not None:
@@ -666,18 +695,19 @@ def main():
         t2 = time.time()
         # Each resumption draws other batches than the runs it continues.
         diffusion_seed = args.seed + 1 + (5 * (1 + len(previous.get("resumed", []))) if args.resume else 0)
-        steps = train_diffusion(text, unet, probe, means * scaling, stds * scaling,
-                                object_masks(x, background_colors(data)), data, tokens, labels,
-                                args.diffusion_minutes, args.batch, diffusion_seed,
-                                object_weight=args.object_weight, steps=args.diffusion_steps)
+        steps, other_emas = train_diffusion(text, unet, probe, means * scaling, stds * scaling,
+                                            object_masks(x, background_colors(data)), data, tokens, labels,
+                                            args.diffusion_minutes, args.batch, diffusion_seed,
+                                            object_weight=args.object_weight, steps=args.diffusion_steps,
+                                            ema_decays=args.ema_decay, object_share=args.object_share)
         log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
         if args.resume:
             training = {**previous, "diffusion_steps": previous["diffusion_steps"] + steps,
                         "train_seconds": previous["train_seconds"] + round(time.time() - t0),
                         "resumed": previous.get("resumed", []) + [
                             {"diffusion_steps": steps, "budget": budget_label(args, "diffusion"),
-                             "object_weight": args.object_weight,
-                             "earlier_diffusion_steps": previous["diffusion_steps"]}]}
+                             "object_weight": args.object_weight, "object_share": args.object_share,
+                             "ema_decay": args.ema_decay[0], "earlier_diffusion_steps": previous["diffusion_steps"]}]}
         else:
             training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
                         "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "vae_ceiling": ceiling,
@@ -685,12 +715,17 @@ def main():
                         "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
                         "vae_batch": args.vae_batch, "vae_lr": args.vae_lr, "batch": args.batch, "two_objects": args.two_objects,
                         "vae_seconds": vae_seconds, "vae_from": vae_from, "unet_heads": UNET["attention_head_dim"],
-                        "object_weight": args.object_weight,
-                        "threads": args.threads, "scaling_factor": scaling,
+                        "object_weight": args.object_weight, "object_share": args.object_share,
+                        "ema_decay": args.ema_decay[0], "threads": args.threads, "scaling_factor": scaling,
                         "budgets": {phase: budget_label(args, phase) for phase in ("vae", "text", "diffusion")}}
         torch.save({"text": text.state_dict(), "unet": unet.state_dict(), "vae": vae.state_dict(),
                     "probe": probe.state_dict(), "scaling": scaling, "training": training},
                    work / f"{args.out.name}.pt")
+        for d, (unet_state, text_state) in other_emas.items():
+            path = work / f"{args.out.name}-ema{d:g}.pt"
+            torch.save({"text": text_state, "unet": unet_state, "vae": vae.state_dict(), "probe": probe.state_dict(),
+                        "scaling": scaling, "training": {**training, "ema_decay": d}}, path)
+            log(f"the weights with EMA decay {d:g}: {path} (export and evaluate with --checkpoint)")
 
     report = None
     if not args.no_eval:
