@@ -373,7 +373,8 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
         if step % 50 == 0:
             gain = f" caption gain {caption_gain():.4f}" if step % 100 == 0 else ""
             log(f"diffusion step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e}{gain}")
-    emas[0] = tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (unet, text))
+    if 0 in ema_decays:
+        emas[0] = tuple({k: v.detach().clone() for k, v in m.state_dict().items()} for m in (unet, text))
     unet.load_state_dict(emas[ema_decays[0]][0])
     text.load_state_dict(emas[ema_decays[0]][1])
     text.eval()
