@@ -282,7 +282,7 @@ def object_masks(imgs: torch.Tensor, backgrounds: torch.Tensor, batch: int = 102
 
 def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tokens: Tokens, labels: Labels, minutes,
                     batch, seed, dropout=0.1, probe_weight=0.1, object_weight=1.0, steps=None, ema_decays=(0.999,),
-                    object_share=None):
+                    object_share=None, lr=1e-3):
     """The text encoder and UNet jointly. The probe's loss stays on (weighted) so that the encoder
     keeps stating the labels while it learns what the UNet needs. Every 100 steps it prints the
     caption gain: the loss on a fixed batch with shuffled captions minus with the true ones
@@ -325,7 +325,7 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
     params = list(text.parameters()) + list(unet.parameters()) + list(probe.parameters())
     # foreach: one kernel per operation over all tensors instead of a Python loop per tensor (the
     # same arithmetic; on CPU PyTorch defaults to the loop).
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2, foreach=True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, foreach=True)
     live = [v for m in (unet, text) for v in m.state_dict().values() if v.dtype.is_floating_point]
     emas, shadows = {}, {}
     for d in ema_decays:
@@ -363,7 +363,7 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
         frac = budget.fraction(step)
         warm = min(1.0, step / 50)
         for gr in opt.param_groups:
-            gr["lr"] = 1e-3 * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+            gr["lr"] = lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
         with torch.no_grad():
             for d, shadow in shadows.items():
                 decay = min(d, (1 + step) / (10 + step))
@@ -586,6 +586,8 @@ def main():
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=2e-3, help="the VAE's peak learning rate (cosine decay to 5 %%)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3,
+                    help="the text encoder's and UNet's peak learning rate (50-step warm-up, cosine decay to 5 %%)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint", type=Path, metavar="CHECKPOINT",
                     help="skip training: evaluate and export a checkpoint that an earlier run saved")
@@ -700,7 +702,7 @@ def main():
                                             object_masks(x, background_colors(data)), data, tokens, labels,
                                             args.diffusion_minutes, args.batch, diffusion_seed,
                                             object_weight=args.object_weight, steps=args.diffusion_steps,
-                                            ema_decays=args.ema_decay, object_share=args.object_share)
+                                            ema_decays=args.ema_decay, object_share=args.object_share, lr=args.lr)
         log(f"diffusion: {steps} steps in {time.time() - t2:.0f} s")
         if args.resume:
             training = {**previous, "diffusion_steps": previous["diffusion_steps"] + steps,
@@ -708,13 +710,13 @@ def main():
                         "resumed": previous.get("resumed", []) + [
                             {"diffusion_steps": steps, "budget": budget_label(args, "diffusion"),
                              "object_weight": args.object_weight, "object_share": args.object_share,
-                             "ema_decay": args.ema_decay[0], "earlier_diffusion_steps": previous["diffusion_steps"]}]}
+                             "ema_decay": args.ema_decay[0], "lr": args.lr, "earlier_diffusion_steps": previous["diffusion_steps"]}]}
         else:
             training = {"seed": args.seed, "images": args.images, "train_seconds": round(time.time() - t0),
                         "vae_steps": vae_steps, "vae_psnr_db": round(vae_psnr, 2), "vae_ceiling": ceiling,
                         "text_steps": text_steps,
                         "text_label_accuracy": round(text_acc, 4), "diffusion_steps": steps,
-                        "vae_batch": args.vae_batch, "vae_lr": args.vae_lr, "batch": args.batch, "two_objects": args.two_objects,
+                        "vae_batch": args.vae_batch, "vae_lr": args.vae_lr, "batch": args.batch, "lr": args.lr, "two_objects": args.two_objects,
                         "vae_seconds": vae_seconds, "vae_from": vae_from, "unet_heads": UNET["attention_head_dim"],
                         "object_weight": args.object_weight, "object_share": args.object_share,
                         "ema_decay": args.ema_decay[0], "threads": args.threads, "scaling_factor": scaling,
