@@ -607,6 +607,8 @@ def main():
         ap.error("--vae-from trains a new text encoder and UNet: it does not go with --checkpoint or --resume")
     if args.object_share is not None and not 0 < args.object_share < 1:
         ap.error("--object-share is a share of the loss: between 0 and 1, exclusive")
+    if not args.lr > 0:
+        ap.error("--lr is a learning rate: above 0")
     if any(not 0 <= d < 1 for d in args.ema_decay):
         ap.error("--ema-decay: each decay is at least 0 (the weights as trained) and below 1")
     for phase in DEFAULT_STEPS:
