@@ -602,6 +602,9 @@ def main():
     ap.add_argument("--vae-batch", type=int, default=32)
     ap.add_argument("--vae-lr", type=float, default=2e-3, help="the VAE's peak learning rate (cosine decay to 5 %%)")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--unet-channels", type=int, nargs=3, default=UNET["block_out_channels"], metavar="C",
+                    help="the UNet's channels at 16x16, 8x8 and 4x4 (default %(default)s), each a multiple "
+                         "of its 32 normalization groups")
     ap.add_argument("--lr", type=float, default=1e-3,
                     help="the text encoder's and UNet's peak learning rate (50-step warm-up, cosine decay to 5 %%)")
     ap.add_argument("--timesteps", choices=("uniform", "importance"), default="uniform",
@@ -634,6 +637,8 @@ def main():
         ap.error("--min-weight is a loss weight: between 0 and 1")
     if not args.lr > 0:
         ap.error("--lr is a learning rate: above 0")
+    if any(c <= 0 or c % UNET["norm_num_groups"] for c in args.unet_channels):
+        ap.error(f"--unet-channels: each a positive multiple of {UNET['norm_num_groups']}")
     if any(not 0 <= d < 1 for d in args.ema_decay):
         ap.error("--ema-decay: each decay is at least 0 (the weights as trained) and below 1")
     for phase in DEFAULT_STEPS:
@@ -650,7 +655,13 @@ def main():
 
     cfg = CLIPTextConfig(**TEXT)
     cfg._attn_implementation = "eager"
-    vae, text, unet = AutoencoderKL(**VAE), CLIPTextModel(cfg), UNet2DConditionModel(**UNET)
+    ck = torch.load(args.checkpoint or args.resume) if args.checkpoint or args.resume else None
+    if ck is not None:
+        # A checkpoint is rebuilt with the channels it was trained with; the ones written before
+        # `--unet-channels` existed all have (32, 64, 128).
+        args.unet_channels = ck.get("training", {}).get("unet_channels", [32, 64, 128])
+    unet_config = dict(UNET, block_out_channels=list(args.unet_channels))
+    vae, text, unet = AutoencoderKL(**VAE), CLIPTextModel(cfg), UNet2DConditionModel(**unet_config)
     vae.set_attn_processor(AttnProcessor())
     unet.set_attn_processor(AttnProcessor())
     held_out = scenes.held_out_triples()
@@ -659,8 +670,7 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     probe, labels = CaptionProbe(TEXT["hidden_size"]), Labels()
     previous = None
-    if args.checkpoint or args.resume:
-        ck = torch.load(args.checkpoint or args.resume)
+    if ck is not None:
         for m, k in ((vae, "vae"), (text, "text"), (unet, "unet")):
             m.load_state_dict(ck[k])
             m.eval()
@@ -748,6 +758,7 @@ def main():
                         "vae_batch": args.vae_batch, "vae_lr": args.vae_lr, "batch": args.batch, "lr": args.lr, "timesteps": args.timesteps,
                         "min_weight": args.min_weight, "two_objects": args.two_objects,
                         "vae_seconds": vae_seconds, "vae_from": vae_from, "unet_heads": UNET["attention_head_dim"],
+                        "unet_channels": list(args.unet_channels),
                         "object_weight": args.object_weight, "object_share": args.object_share,
                         "ema_decay": args.ema_decay[0], "threads": args.threads, "scaling_factor": scaling,
                         "budgets": {phase: budget_label(args, phase) for phase in ("vae", "text", "diffusion")}}
