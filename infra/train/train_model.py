@@ -14,8 +14,8 @@ pipeline, samplers and moderation run it unchanged. Stages:
    shrinking the token embedding table to the tokens the captions use;
 5. evaluate adherence on held-out captions with judge.py and write the report.
 
-Each stage has a budget in steps (the default, deterministic: the same weights on any machine for a
-seed and thread count) or in minutes; the script prints losses as it goes.
+Each stage has a budget in steps (the default, deterministic: the same weights on any machine with the
+same instruction set, for a seed and thread count) or in minutes; the script prints losses as it goes.
 
 Usage (normally through infra/train/train.sh):
     python infra/train/train_model.py --bpe bpe_simple_vocab_16e6.txt.gz --out models/easel-shapes
@@ -66,13 +66,19 @@ UNET = dict(sample_size=SIZE // 4, in_channels=4, out_channels=4,
             down_block_types=["CrossAttnDownBlock2D"] * 3,
             up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
             only_cross_attention=[True, False, False],
-            mid_block_type="UNetMidBlock2DCrossAttn", block_out_channels=[32, 64, 128], layers_per_block=1,
+            mid_block_type="UNetMidBlock2DCrossAttn", block_out_channels=[64, 64, 128], layers_per_block=1,
             norm_num_groups=32, cross_attention_dim=64, attention_head_dim=(4, 8, 8))
 # Heads per down block (diffusers' `attention_head_dim` is the number of heads; the up blocks mirror
 # it): 4 heads of 8 channels in the 16x16 block's caption attention, 8 heads of 8 and 16 channels
 # below it. With 8 heads of 4 channels the 16x16 block's softmax over 8 x 256 x 77 scores was the
 # largest single cost: (4, 8, 8) makes a training step about 20 % cheaper (0.84 s against 1.02-1.11
 # on 2 cores, measured interleaved on 2026-12-06).
+# The 16x16 level has 64 channels, as many as the 8x8 one: with 32 there, small shapes (a star, a
+# cross, a circle at 9 pixels) were the last thing the UNet learned, and two-object prompts
+# followed the number of images seen, not the steps. 64 channels cost about a quarter more per step and
+# learn them in fewer images: 2300 steps of them beat 3846 of the narrow UNet (infra/train/README.md,
+# the nineteenth to twenty-first runs). Checkpoints from before record no channels and get
+# (32, 64, 128).
 # v-prediction: at high noise its target is mostly the clean image, so the loss rewards reading the
 # caption exactly where the caption decides the picture (an epsilon loss barely changes there).
 SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
@@ -304,7 +310,8 @@ def train_diffusion(text, unet, probe, latents, latent_std, masks, captions, tok
     `min_weight` raises every noise level's weight to at least that: min-SNR-5 gives the highest
     noise levels, where only the caption says what the picture is, almost none (0.08 at t = 700,
     0.005 at t = 999, against 0.83 at its peak). Measured at 0.25: every layout right, the small
-    shapes lost (the seventeenth run).
+    shapes lost (the seventeenth run); at 0.1 (the default) two-object prompts came out right more
+    often than at 0 (the twentieth run against the nineteenth).
     The models end with the exponential moving average of their weights at `ema_decays[0]`; each
     further decay's average (0: the weights as trained) is returned as (unet, text) state dicts,
     keyed by decay. The averages do not touch training, so each is what a run with that decay
@@ -559,12 +566,12 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
     (out / "easel.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-# Each phase's default budget in steps. The committed model (the ninth run) was trained with
-# exactly these defaults (its VAE through --vae-from, the same weights). The counts come from the
-# fifth run, whose diffusion phase ran 60 minutes and gave 3846 steps: on that 2-core machine the
-# three phases took 20, 3 and 60 minutes (87 in all, with the dataset and its encoding); the eighth
-# run's slower machine took 101 minutes, and the ninth run's recipe 92-96 on a slow one.
-DEFAULT_STEPS = {"vae": 4028, "text": 343, "diffusion": 3846}
+# Each phase's default budget in steps. The committed model (the twenty-first run) was trained with
+# exactly these defaults (its VAE through --vae-from, the same weights). The VAE and text counts come
+# from the fifth run, whose phases ran 20 and 3 minutes on its 2-core machine. The UNet's 2300 steps
+# took the whole run to 55 minutes on a 2-core AVX-512 machine (0.88 s a step) and project to 81-86
+# on the slower 2-core machines measured before (about 1.2-1.4 s a step), under the 90 of the budget.
+DEFAULT_STEPS = {"vae": 4028, "text": 343, "diffusion": 2300}
 
 
 def budget_label(args, phase: str) -> str:
@@ -584,7 +591,7 @@ def main():
                         ("diffusion", "the text encoder and UNet")):
         ap.add_argument(f"--{phase}-steps", type=int, metavar="N",
                         help=f"train {what} for N steps (default {DEFAULT_STEPS[phase]}): the same weights on "
-                             "any machine")
+                             "any machine with the same instruction set")
         ap.add_argument(f"--{phase}-minutes", type=float, metavar="M",
                         help=f"train {what} for M minutes instead of a number of steps: the step count then "
                              "depends on the machine's speed")
@@ -611,9 +618,9 @@ def main():
                     help="how the UNet's training noise levels are drawn: uniformly, each loss weighted by "
                          "min-SNR-5 (default), or in proportion to that weight, each loss alike (the same "
                          "expected gradient; measured far worse, see train_diffusion)")
-    ap.add_argument("--min-weight", type=float, default=0.0, metavar="W",
-                    help="the least weight of any noise level's loss (default 0: min-SNR-5 alone, which gives "
-                         "the noisiest levels almost none; 0.25 measured worse, see train_diffusion)")
+    ap.add_argument("--min-weight", type=float, default=0.1, metavar="W",
+                    help="the least weight of any noise level's loss (default 0.1; 0 is min-SNR-5 alone, which "
+                         "gives the noisiest levels almost none; 0.25 measured worse, see train_diffusion)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--checkpoint", type=Path, metavar="CHECKPOINT",
                     help="skip training: evaluate and export a checkpoint that an earlier run saved")
