@@ -567,7 +567,8 @@ def export_folder(out: Path, tok, text, unet, vae, scaling: float, keep_tokens, 
 
 
 # Each phase's default budget in steps. The committed model (the twenty-first run) was trained with
-# exactly these defaults (its VAE through --vae-from, the same weights). The VAE and text counts come
+# exactly these defaults: the plain command rebuilt it byte for byte on a 2-core AVX-512 machine
+# (infra/train/README.md, "Checked from scratch"). The VAE and text counts come
 # from the fifth run, whose phases ran 20 and 3 minutes on its 2-core machine. The UNet's 2300 steps
 # took the whole run to 43-55 minutes on 2-core AVX-512 machines (0.71-0.88 s a step) and project to 81-86
 # on the slower 2-core machines measured before (about 1.2-1.4 s a step), under the 90 of the budget.
